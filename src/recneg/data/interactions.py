@@ -1,0 +1,216 @@
+"""The interaction container every other part of recneg reads.
+
+An :class:`Interactions` holds implicit-feedback pairs ``(user, item)`` with 0-based contiguous ids, optional
+timestamps and weights, and the maps back to the original ids. Train, validation and test parts of a
+:class:`Split` share one id space (the same ``n_users``, ``n_items`` and id maps).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from recneg.errors import DataError
+
+
+class Interactions:
+    """Implicit-feedback pairs over a fixed id space.
+
+    Args:
+        users: ``[n]`` int array of user ids in ``0..n_users-1``.
+        items: ``[n]`` int array of item ids in ``0..n_items-1``.
+        n_users, n_items: size of the id space (defaults: ``max + 1``).
+        timestamps: optional ``[n]`` float array (seconds, or any monotone clock).
+        weights: optional ``[n]`` float array (e.g. play counts, ratings).
+        user_ids, item_ids: optional ``[n_users]`` / ``[n_items]`` arrays of original ids, so
+            ``user_ids[u]`` is the id the input file used for internal user ``u``.
+
+    Attributes (computed lazily and cached):
+        csr: ``scipy.sparse.csr_matrix [n_users, n_items]`` of ones (duplicates collapsed).
+        item_counts: ``[n_items]`` int64 training count ``c_j`` of each item (popularity).
+        user_counts: ``[n_users]`` int64 degree of each user.
+    """
+
+    def __init__(
+        self,
+        users,
+        items,
+        n_users: int | None = None,
+        n_items: int | None = None,
+        timestamps=None,
+        weights=None,
+        user_ids=None,
+        item_ids=None,
+    ):
+        users = np.asarray(users)
+        items = np.asarray(items)
+        if users.ndim != 1 or items.ndim != 1 or users.shape != items.shape:
+            raise DataError(f"users and items must be 1-D arrays of one length, got {users.shape} and {items.shape}")
+        for name, arr in (("users", users), ("items", items)):
+            if arr.size and not np.issubdtype(arr.dtype, np.integer):
+                raise DataError(f"{name} must hold integer ids, got dtype {arr.dtype}")
+            if arr.size and arr.min() < 0:
+                raise DataError(f"{name} must be non-negative ids, found {int(arr.min())}")
+        self.users = users.astype(np.int64, copy=False)
+        self.items = items.astype(np.int64, copy=False)
+        self.n_users = int(n_users if n_users is not None else (self.users.max() + 1 if self.users.size else 0))
+        self.n_items = int(n_items if n_items is not None else (self.items.max() + 1 if self.items.size else 0))
+        if self.users.size and self.users.max() >= self.n_users:
+            raise DataError(f"user id {int(self.users.max())} is outside the id space 0..{self.n_users - 1}")
+        if self.items.size and self.items.max() >= self.n_items:
+            raise DataError(f"item id {int(self.items.max())} is outside the id space 0..{self.n_items - 1}")
+        self.timestamps = None if timestamps is None else np.asarray(timestamps, dtype=np.float64)
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float32)
+        for name, arr in (("timestamps", self.timestamps), ("weights", self.weights)):
+            if arr is not None:
+                if arr.shape != self.users.shape:
+                    raise DataError(f"{name} must have one value per interaction, got {arr.shape}")
+                if not np.isfinite(arr).all():
+                    bad = int(np.flatnonzero(~np.isfinite(arr))[0])
+                    raise DataError(f"{name} must be finite, interaction {bad} has {arr[bad]}")
+        self.user_ids = None if user_ids is None else np.asarray(user_ids)
+        self.item_ids = None if item_ids is None else np.asarray(item_ids)
+        self._device_cache: dict[str, PositiveIndex] = {}
+
+    # ------------------------------------------------------------------ basics
+    def __len__(self) -> int:
+        return int(self.users.size)
+
+    def __repr__(self) -> str:
+        return f"Interactions(n={len(self)}, n_users={self.n_users}, n_items={self.n_items})"
+
+    def subset(self, mask_or_index) -> Interactions:
+        """A subset of the interactions in the same id space."""
+        idx = np.asarray(mask_or_index)
+        return Interactions(
+            self.users[idx],
+            self.items[idx],
+            self.n_users,
+            self.n_items,
+            None if self.timestamps is None else self.timestamps[idx],
+            None if self.weights is None else self.weights[idx],
+            self.user_ids,
+            self.item_ids,
+        )
+
+    def with_id_space(self, n_users: int, n_items: int, user_ids=None, item_ids=None) -> Interactions:
+        return Interactions(
+            self.users, self.items, n_users, n_items, self.timestamps, self.weights,
+            user_ids if user_ids is not None else self.user_ids,
+            item_ids if item_ids is not None else self.item_ids,
+        )
+
+    @cached_property
+    def csr(self) -> sp.csr_matrix:
+        m = sp.csr_matrix(
+            (np.ones(len(self), dtype=np.float32), (self.users, self.items)), shape=(self.n_users, self.n_items)
+        )
+        m.sum_duplicates()
+        m.data[:] = 1.0
+        m.sort_indices()
+        return m
+
+    @cached_property
+    def item_counts(self) -> np.ndarray:
+        return np.bincount(self.items, minlength=self.n_items).astype(np.int64)
+
+    @cached_property
+    def user_counts(self) -> np.ndarray:
+        return np.bincount(self.users, minlength=self.n_users).astype(np.int64)
+
+    def positives(self, device: str | torch.device = "cpu") -> PositiveIndex:
+        """The per-device membership index of these interactions (cached)."""
+        key = str(torch.device(device))
+        if key not in self._device_cache:
+            self._device_cache[key] = PositiveIndex.from_csr(self.csr, device)
+        return self._device_cache[key]
+
+    # ------------------------------------------------------------------ id maps
+    def id_maps(self) -> dict:
+        """Original ids as JSON-able lists: ``{"users": [...], "items": [...]}`` (identity when absent)."""
+
+        def tolist(a, n):
+            if a is None:
+                return list(range(n))
+            return [x.item() if hasattr(x, "item") else x for x in a]
+
+        return {"users": tolist(self.user_ids, self.n_users), "items": tolist(self.item_ids, self.n_items)}
+
+    def save_id_maps(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.id_maps()))
+
+
+@dataclass
+class PositiveIndex:
+    """Device-resident membership index over a user×item set.
+
+    ``keys`` holds ``u * n_items + i`` for every pair, sorted, so membership of any ``[...]`` batch of
+    ``(u, i)`` pairs is one ``searchsorted``. ``indptr``/``indices`` are the CSR arrays (per-user rows).
+
+    Shapes: ``keys [nnz]``, ``indptr [n_users + 1]``, ``indices [nnz]``, ``degree [n_users]`` (all int64).
+    """
+
+    keys: torch.Tensor
+    indptr: torch.Tensor
+    indices: torch.Tensor
+    degree: torch.Tensor
+    n_users: int
+    n_items: int
+
+    @classmethod
+    def from_csr(cls, csr: sp.csr_matrix, device="cpu") -> PositiveIndex:
+        csr = csr.tocsr()
+        csr.sort_indices()
+        n_users, n_items = csr.shape
+        indptr = torch.as_tensor(csr.indptr.astype(np.int64), device=device)
+        indices = torch.as_tensor(csr.indices.astype(np.int64), device=device)
+        degree = indptr[1:] - indptr[:-1]
+        rows = torch.repeat_interleave(torch.arange(n_users, device=device), degree)
+        keys = rows * n_items + indices  # already sorted: rows ascending, indices sorted within rows
+        return cls(keys, indptr, indices, degree, int(n_users), int(n_items))
+
+    def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Boolean tensor, shape of ``items``: whether ``(users, items)`` is a pair of the set.
+
+        ``users`` broadcasts against ``items`` (e.g. ``[B, 1]`` against ``[B, n]``).
+        """
+        if self.keys.numel() == 0:
+            return torch.zeros_like(items, dtype=torch.bool)
+        q = (users * self.n_items + items).reshape(-1)
+        pos = torch.searchsorted(self.keys, q).clamp_(max=self.keys.numel() - 1)
+        return (self.keys[pos] == q).reshape(torch.broadcast_shapes(users.shape, items.shape))
+
+
+@dataclass
+class Split:
+    """Train / validation / test parts of one dataset in one id space.
+
+    ``valid`` is ``None`` when a run uses no validation (``valid_ratio = 0``).
+    """
+
+    train: Interactions
+    test: Interactions
+    valid: Interactions | None = None
+    name: str = "data"
+    info: dict = field(default_factory=dict)
+
+    @property
+    def n_users(self) -> int:
+        return self.train.n_users
+
+    @property
+    def n_items(self) -> int:
+        return self.train.n_items
+
+    def __repr__(self) -> str:
+        v = len(self.valid) if self.valid is not None else 0
+        return (
+            f"Split({self.name!r}: n_users={self.n_users}, n_items={self.n_items}, "
+            f"train={len(self.train)}, valid={v}, test={len(self.test)})"
+        )

@@ -1,0 +1,171 @@
+"""The small protocol every model meets, and the view of a model a sampler sees in one training step.
+
+A model embeds; a sampler picks; a loss scores; the trainer wires them. Samplers never call a model
+directly: they receive a :class:`ModelView` that exposes exactly what they may ask for.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from recneg.errors import ConfigError
+
+
+class ModelView:
+    """What a sampler may see of the model during one training step.
+
+    Built by :meth:`Recommender.view` after (at most) one propagation, so every call below is a gather.
+
+    Attributes:
+        users, pos: ``[B]`` int64 ids of the batch's pairs ``(u_b, i_b)``.
+        user_emb: ``[B, d]`` pooled user embeddings ``ē_u`` (with gradient).
+        pos_emb: ``[B, d]`` pooled positive-item embeddings ``ē_i`` (with gradient).
+        n_layers: ``L + 1`` when per-layer embeddings exist, else ``None``.
+    """
+
+    def __init__(self, users: Tensor, pos: Tensor):
+        self.users = users
+        self.pos = pos
+
+    # subclasses fill these
+    user_emb: Tensor
+    pos_emb: Tensor
+    n_layers: int | None = None
+    model_name: str = "model"
+
+    def item_emb(self, ids: Tensor) -> Tensor:
+        """Pooled item embeddings ``ē_j`` with gradient. Shape: ``ids [...] -> [..., d]``."""
+        raise NotImplementedError
+
+    def item_ego(self, ids: Tensor) -> Tensor:
+        """Layer-0 (trainable) item rows ``e_j^(0)``, for regularisation. Shape: ``[...] -> [..., d]``."""
+        raise NotImplementedError
+
+    @property
+    def user_ego(self) -> Tensor:
+        """``[B, d]`` layer-0 user rows of the batch."""
+        raise NotImplementedError
+
+    @property
+    def pos_ego(self) -> Tensor:
+        """``[B, d]`` layer-0 rows of the batch's positives."""
+        return self.item_ego(self.pos)
+
+    def item_layers(self, ids: Tensor) -> Tensor:
+        """Per-layer item embeddings ``e_j^(l)``. Shape: ``ids [...] -> [..., L+1, d]``."""
+        raise ConfigError(
+            f"{self.model_name} does not provide per-layer embeddings; this sampler needs a model that does "
+            "(e.g. lightgcn)"
+        )
+
+    @property
+    def user_layers(self) -> Tensor:
+        """``[B, L+1, d]`` per-layer user embeddings of the batch."""
+        return self.item_layers(self.pos)  # raises the same clear error on models without layers
+
+    @property
+    def pos_layers(self) -> Tensor:
+        """``[B, L+1, d]`` per-layer embeddings of the batch's positives."""
+        return self.item_layers(self.pos)
+
+    def score(self, ids: Tensor) -> Tensor:
+        """Scores ``r_{u_b j}`` of each row's items **without gradient**. Shape: ``ids [B, n] -> [B, n]``."""
+        with torch.no_grad():
+            return torch.einsum("bd,bnd->bn", self.user_emb.detach(), self.item_emb(ids).detach())
+
+    def all_items(self) -> Tensor:
+        """``[n_items, d]`` pooled item table (with gradient)."""
+        raise NotImplementedError
+
+
+class TableView(ModelView):
+    """A view over full user/item tables (MF, LightGCN): every lookup is an index into a tensor.
+
+    Args:
+        users, pos: ``[B]`` batch ids.
+        user_table: ``[n_users, d]`` pooled user table; ``item_table``: ``[n_items, d]``.
+        user_ego_table, item_ego_table: layer-0 tables (the same tensors for MF).
+        user_layer_table, item_layer_table: optional ``[n, L+1, d]`` per-layer tables.
+    """
+
+    def __init__(
+        self,
+        users: Tensor,
+        pos: Tensor,
+        user_table: Tensor,
+        item_table: Tensor,
+        user_ego_table: Tensor,
+        item_ego_table: Tensor,
+        user_layer_table: Tensor | None = None,
+        item_layer_table: Tensor | None = None,
+        model_name: str = "model",
+    ):
+        super().__init__(users, pos)
+        self.user_table = user_table
+        self.item_table = item_table
+        self.user_ego_table = user_ego_table
+        self.item_ego_table = item_ego_table
+        self.user_layer_table = user_layer_table
+        self.item_layer_table = item_layer_table
+        self.model_name = model_name
+        self.user_emb = user_table[users]
+        self.pos_emb = item_table[pos]
+        self.n_layers = None if item_layer_table is None else int(item_layer_table.shape[1])
+
+    def item_emb(self, ids: Tensor) -> Tensor:
+        return self.item_table[ids]
+
+    def item_ego(self, ids: Tensor) -> Tensor:
+        return self.item_ego_table[ids]
+
+    @property
+    def user_ego(self) -> Tensor:
+        return self.user_ego_table[self.users]
+
+    def item_layers(self, ids: Tensor) -> Tensor:
+        if self.item_layer_table is None:
+            return super().item_layers(ids)
+        return self.item_layer_table[ids]
+
+    @property
+    def user_layers(self) -> Tensor:
+        if self.user_layer_table is None:
+            return super().item_layers(self.users)
+        return self.user_layer_table[self.users]
+
+    def all_items(self) -> Tensor:
+        return self.item_table
+
+
+class Recommender(nn.Module):
+    """Base class of recneg models.
+
+    A model maps ids to embeddings and nothing else: no loss, no sampling inside.
+
+    Required:
+        ``from_interactions(train, config)``: build for the id space of ``train``.
+        ``view(users, pos) -> ModelView``: one training step's view (LightGCN propagates here, once).
+        ``tables() -> (user_table [n_users, d], item_table [n_items, d])``: for full-ranking evaluation.
+    """
+
+    n_users: int
+    n_items: int
+    provides_layers: bool = False
+
+    @classmethod
+    def from_interactions(cls, train, config):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def view(self, users: Tensor, pos: Tensor) -> ModelView:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def tables(self) -> tuple[Tensor, Tensor]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def score_users(self, users: Tensor) -> Tensor:
+        """Scores of every item for ``users [C]`` -> ``[C, n_items]`` (no gradient)."""
+        u, i = self.tables()
+        return u[users] @ i.T

@@ -1,0 +1,195 @@
+"""The sampler protocol: one record, :class:`Negatives`, carries all four families of methods.
+
+- index samplers (uniform, popularity) return real item ids and their embeddings;
+- candidate selectors (DNS, DNS(M,N), Softmax-v, SRNS, AdaSIR) score a pool without gradient and return the
+  chosen ids, or weights over the pool;
+- synthesizers (MixGCF, PDNS mixing, ANS) return embeddings that are not rows of the item table, optionally
+  with their own parameters (the sampler is an ``nn.Module``) and an auxiliary loss;
+- batch samplers (in-batch, MNS) return negatives shared by every row, with ``log_q`` for logQ correction.
+
+A loss takes ``(user_emb, pos_emb, negatives)``; the trainer adds ``negatives.aux_loss`` and the
+regulariser, and never looks at which sampler produced the record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from recneg.data.interactions import Interactions, PositiveIndex
+from recneg.errors import ConfigError, DataError
+from recneg.models.base import ModelView
+
+
+@dataclass
+class Negatives:
+    """What a sampler returns for one batch.
+
+    Attributes:
+        emb: ``[B, n, d]`` per-row negative embeddings, or ``[n, d]`` shared by all rows (batch samplers).
+        ids: ``[B, n]`` (or ``[n]``) item ids when the negatives are real items; ``None`` for synthetic ones.
+        weight: ``[B, n]`` detached weights per negative, each row summing to 1 (DNS(M,N), Softmax-v,
+            AdaSIR); ``None`` means uniform ``1/n``.
+        log_q: ``[n]`` or ``[B, n]`` log proposal probability of each negative, for logQ correction.
+        aux_loss: scalar auxiliary loss of a parametric sampler (ANS, DENS), already weighted by its ``γ``.
+        reg_emb: ``[B, n, d]`` layer-0 rows to regularise (R1) when the negatives are synthetic; ``None``
+            means "the layer-0 rows of ``ids``".
+        score: ``[B, n]`` negative logits with gradient when the sampler scores differently from
+            ``⟨ē_u, emb⟩`` (ANS ``score="sum_layers"``); ``pos_score``: ``[B]`` likewise for the positive.
+        mask: ``[B, n]`` bool, True where column ``j`` must be left out of row ``b``'s softmax (accidental
+            hits, the row's own positive among shared in-batch columns); used by softmax losses.
+        stats: detached per-batch diagnostics (floats) the trainer averages per epoch.
+    """
+
+    emb: Tensor
+    ids: Tensor | None = None
+    weight: Tensor | None = None
+    log_q: Tensor | None = None
+    aux_loss: Tensor | None = None
+    reg_emb: Tensor | None = None
+    score: Tensor | None = None
+    pos_score: Tensor | None = None
+    mask: Tensor | None = None
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def shared(self) -> bool:
+        """True when one set of negatives ``[n, d]`` serves every row of the batch."""
+        return self.emb.dim() == 2
+
+    @property
+    def n(self) -> int:
+        return int(self.emb.shape[-2])
+
+
+class Sampler(nn.Module):
+    """Base class of every sampler.
+
+    Lifecycle (scikit-learn style): the constructor stores a frozen config and nothing else;
+    :meth:`bind` receives the training interactions (data-dependent state ends in ``_``); :meth:`forward`
+    draws one batch's negatives. Samplers with state across epochs (SRNS memory, AdaSIR pools) keep it in
+    buffers so ``state_dict`` checkpoints it, and refresh it in :meth:`on_epoch_start`.
+
+    Class attributes:
+        needs_layers: the sampler reads per-layer embeddings (``ModelView.item_layers``).
+        excludes_positives: whether drawn ids are guaranteed not to be training positives.
+    """
+
+    needs_layers: bool = False
+    excludes_positives: bool = True
+
+    def __init__(self, config=None):
+        super().__init__()
+        self.config = config
+        self.train_: Interactions | None = None
+
+    def bind(self, train: Interactions) -> Sampler:
+        """Attach the training interactions. Returns ``self``."""
+        self.train_ = train
+        return self
+
+    def positives(self, device) -> PositiveIndex:
+        if self.train_ is None:
+            raise ConfigError(f"{type(self).__name__} is not bound to training data: call .bind(train) first")
+        return self.train_.positives(device)
+
+    def forward(self, users: Tensor, pos: Tensor, view: ModelView, generator: torch.Generator | None = None):
+        """Draw negatives for the batch ``(users, pos)``, both ``[B]``; returns :class:`Negatives`."""
+        raise NotImplementedError
+
+    def on_epoch_start(self, epoch: int, model: nn.Module, generator: torch.Generator | None = None) -> None:
+        """Hook called before each epoch (0-based ``epoch``). Default: nothing."""
+
+    def extra_repr(self) -> str:
+        return repr(self.config) if self.config is not None else ""
+
+
+# --------------------------------------------------------------------------------------------- pools
+def check_negatives_exist(index: PositiveIndex, users: Tensor) -> None:
+    full = index.degree[users] >= index.n_items
+    if bool(full.any()):
+        u = int(users[full][0])
+        raise DataError(
+            f"user {u} has interacted with every item ({index.n_items}); no negative can be drawn for it "
+            "(filter such users out before training)"
+        )
+
+
+def uniform_pool(
+    index: PositiveIndex,
+    users: Tensor,
+    n: int,
+    generator: torch.Generator | None = None,
+    exclude_positives: bool = True,
+    max_rounds: int = 1000,
+) -> Tensor:
+    """``n`` i.i.d. draws per row from ``Uniform(I \\ I_u^+)`` (``uniform_excl``) or ``Uniform(I)``.
+
+    Rejection by a vectorised membership test: draw all, redraw only the entries that hit a training
+    positive, repeat until none does.
+
+    Shape: ``users [B] -> [B, n]`` int64 item ids.
+    """
+    device = users.device
+    pool = torch.randint(index.n_items, (users.numel(), n), device=device, generator=generator)
+    if not exclude_positives:
+        return pool
+    rows = users.reshape(-1, 1)
+    bad = index.contains(rows, pool)
+    rounds = 0
+    while bool(bad.any()):
+        rounds += 1
+        if rounds == 1:
+            check_negatives_exist(index, users)
+        if rounds > max_rounds:
+            raise RuntimeError("uniform_pool: rejection sampling did not converge")
+        k = int(bad.sum())
+        pool[bad] = torch.randint(index.n_items, (k,), device=device, generator=generator)
+        bad = index.contains(rows, pool) & bad
+    return pool
+
+
+def categorical_pool(
+    index: PositiveIndex,
+    users: Tensor,
+    n: int,
+    probs: Tensor,
+    generator: torch.Generator | None = None,
+    exclude_positives: bool = True,
+    max_rounds: int = 1000,
+) -> Tensor:
+    """``n`` i.i.d. draws per row from a categorical ``probs [n_items]``, positives redrawn.
+
+    Uses inverse-CDF sampling (``searchsorted`` on the cumulative distribution), so a draw costs
+    ``O(log n_items)`` and the generator drives it reproducibly.
+
+    Shape: ``users [B] -> [B, n]``.
+    """
+    cdf = torch.cumsum(probs.to(torch.float64), 0)
+    cdf = cdf / cdf[-1]
+    device = users.device
+
+    def draw(shape):
+        u = torch.rand(shape, device=device, generator=generator, dtype=torch.float64)
+        return torch.searchsorted(cdf, u, right=True).clamp_(max=index.n_items - 1)
+
+    pool = draw((users.numel(), n))
+    if not exclude_positives:
+        return pool
+    rows = users.reshape(-1, 1)
+    bad = index.contains(rows, pool)
+    rounds = 0
+    while bool(bad.any()):
+        rounds += 1
+        if rounds == 1:
+            check_negatives_exist(index, users)
+        if rounds > max_rounds:
+            raise DataError(
+                "categorical_pool: could not draw a non-positive item after "
+                f"{max_rounds} rounds; some user's positives cover almost all of the proposal's mass"
+            )
+        pool[bad] = draw((int(bad.sum()),))
+        bad = index.contains(rows, pool) & bad
+    return pool
