@@ -1,0 +1,256 @@
+"""LightGCN: adjacency, propagation, pooling, gradient, evaluation tables, device/dtype moves."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from recneg.data.interactions import Interactions
+from recneg.errors import ConfigError
+from recneg.models.lightgcn import LightGCN, LightGCNConfig, normalized_adjacency
+from recneg.registry import build_model
+
+torch.set_num_threads(1)
+
+# 3 users, 4 items; item 3 has no interaction (degree 0), pair (0, 1) is duplicated.
+USERS = [0, 0, 0, 1, 1, 2]
+ITEMS = [0, 1, 1, 1, 2, 0]
+
+
+def tiny() -> Interactions:
+    return Interactions(np.array(USERS), np.array(ITEMS), n_users=3, n_items=4)
+
+
+def dense_reference(model: LightGCN) -> tuple[np.ndarray, np.ndarray]:
+    """Per-layer [N, L+1, d] and pooled [N, d] computed densely in numpy (float64)."""
+    r = np.zeros((3, 4))
+    for u, i in zip(USERS, ITEMS, strict=True):
+        r[u, i] = 1.0
+    a = np.block([[np.zeros((3, 3)), r], [r.T, np.zeros((4, 4))]])
+    deg = a.sum(1)
+    dinv = np.array([1 / math.sqrt(x) if x > 0 else 0.0 for x in deg])
+    norm = dinv[:, None] * a * dinv[None, :]
+    e = np.concatenate(
+        [
+            model.user_embedding.weight.detach().double().numpy(),
+            model.item_embedding.weight.detach().double().numpy(),
+        ]
+    )
+    layers = [e]
+    for _ in range(model.config.n_layers):
+        layers.append(norm @ layers[-1])
+    stacked = np.stack(layers, 1)
+    return stacked, stacked.mean(1)
+
+
+def test_adjacency_hand_values():
+    adj = normalized_adjacency(tiny().csr).toarray()
+    # degrees: users (2, 2, 1), items (2, 2, 1, 0); node of item j is 3 + j
+    assert adj.shape == (7, 7)
+    np.testing.assert_allclose(adj, adj.T)
+    assert adj[0, 3] == pytest.approx(1 / math.sqrt(2 * 2))  # u0 - i0
+    assert adj[0, 4] == pytest.approx(1 / math.sqrt(2 * 2))  # u0 - i1 (duplicate counted once)
+    assert adj[1, 5] == pytest.approx(1 / math.sqrt(2 * 1))  # u1 - i2
+    assert adj[2, 3] == pytest.approx(1 / math.sqrt(1 * 2))  # u2 - i0
+    assert adj[0, 5] == 0.0 and adj[0, 1] == 0.0  # no edge; no user-user edge
+    assert not adj[6].any() and not adj[:, 6].any()  # degree-0 item: zero row and column
+    assert np.isfinite(adj).all()
+
+
+@pytest.mark.parametrize("n_layers", [0, 1, 3])
+def test_propagation_matches_dense_numpy(n_layers):
+    torch.manual_seed(0)
+    model = LightGCN.from_interactions(tiny(), LightGCNConfig(dim=5, n_layers=n_layers)).double()
+    users, pos = torch.tensor([0, 1, 2]), torch.tensor([1, 2, 0])
+    view = model.view(users, pos)
+    ref_layers, ref_pooled = dense_reference(model)  # Ã is stored in float32, so compare to ~1e-7
+    assert view.n_layers == n_layers + 1
+    np.testing.assert_allclose(view.user_layer_table.detach().numpy(), ref_layers[:3], atol=1e-7)
+    np.testing.assert_allclose(view.item_layer_table.detach().numpy(), ref_layers[3:], atol=1e-7)
+    np.testing.assert_allclose(view.user_table.detach().numpy(), ref_pooled[:3], atol=1e-7)
+    np.testing.assert_allclose(view.item_table.detach().numpy(), ref_pooled[3:], atol=1e-7)
+    # gathers: pooled, ego and layers of the batch
+    np.testing.assert_allclose(view.user_emb.detach().numpy(), ref_pooled[[0, 1, 2]], atol=1e-7)
+    np.testing.assert_allclose(view.pos_emb.detach().numpy(), ref_pooled[[3 + 1, 3 + 2, 3 + 0]], atol=1e-7)
+    assert torch.equal(view.user_ego, model.user_embedding.weight[users])
+    assert torch.equal(view.pos_ego, model.item_embedding.weight[pos])
+    assert view.item_layers(torch.tensor([[0, 3]])).shape == (1, 2, n_layers + 1, 5)
+    assert torch.equal(view.user_layers, view.user_layer_table[users])
+    assert torch.equal(view.pos_layers[:, 0], view.pos_ego)  # layer 0 is the ego row
+
+
+def test_isolated_item_keeps_only_its_ego_row():
+    torch.manual_seed(1)
+    model = LightGCN.from_interactions(tiny(), LightGCNConfig(dim=4, n_layers=2))
+    view = model.view(torch.tensor([0]), torch.tensor([0]))
+    layers = view.item_layers(torch.tensor([3]))[0]  # item 3: degree 0
+    assert torch.equal(layers[0], model.item_embedding.weight[3])
+    assert torch.count_nonzero(layers[1:]) == 0
+    torch.testing.assert_close(view.item_emb(torch.tensor(3)), model.item_embedding.weight[3] / 3)
+
+
+def test_pooled_is_mean_of_layers():
+    torch.manual_seed(2)
+    model = LightGCN.from_interactions(tiny(), LightGCNConfig(dim=6, n_layers=3))
+    view = model.view(torch.tensor([0, 1]), torch.tensor([0, 1]))
+    torch.testing.assert_close(view.user_table, view.user_layer_table.mean(1))
+    torch.testing.assert_close(view.item_table, view.item_layer_table.mean(1))
+    assert view.item_layer_table.shape == (4, 4, 6)
+
+
+@pytest.mark.parametrize("layout", ["csr", "coo"])
+def test_backward_matches_dense_autograd(layout):
+    torch.manual_seed(3)
+    model = LightGCN.from_interactions(tiny(), LightGCNConfig(dim=3, n_layers=2)).double()
+    model._use_coo = layout == "coo"
+    assert model.adjacency().layout == (torch.sparse_coo if layout == "coo" else torch.sparse_csr)
+    users, pos = torch.tensor([0, 1, 2, 0]), torch.tensor([1, 2, 0, 0])
+    neg_ids = torch.tensor([3, 0, 1, 2])
+    view = model.view(users, pos)
+    w = torch.randn(4, 3, dtype=torch.float64)
+    loss = (
+        (view.user_emb * view.pos_emb).sum()
+        - (view.user_emb * view.item_emb(neg_ids)).sum()
+        + (w * view.item_layers(neg_ids)[:, 1]).sum()
+    )
+    loss.backward()
+
+    # the same function with a dense Ã and autograd
+    adj = torch.as_tensor(normalized_adjacency(tiny().csr).toarray())
+    ego = (
+        torch.cat([model.user_embedding.weight, model.item_embedding.weight])
+        .detach()
+        .clone()
+        .requires_grad_()
+    )
+    layers = [ego]
+    for _ in range(2):
+        layers.append(adj @ layers[-1])
+    stacked = torch.stack(layers, 1)
+    pooled = stacked.mean(1)
+    u, it = pooled[:3], pooled[3:]
+    ref = (u[users] * it[pos]).sum() - (u[users] * it[neg_ids]).sum() + (w * stacked[3:][neg_ids][:, 1]).sum()
+    ref.backward()
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(model.user_embedding.weight.grad, ego.grad[:3])
+    torch.testing.assert_close(model.item_embedding.weight.grad, ego.grad[3:])
+    assert model.item_embedding.weight.grad.abs().sum() > 0
+
+
+def test_falls_back_to_coo_when_csr_product_fails():
+    torch.manual_seed(10)
+    model = LightGCN.from_interactions(tiny(), LightGCNConfig(dim=3, n_layers=2))
+    ref = model.tables()
+    real = model._spmm
+
+    def csr_unsupported(adj, x):
+        if adj.layout == torch.sparse_csr:
+            raise NotImplementedError("no CSR kernel here")
+        return real(adj, x)
+
+    model._spmm = csr_unsupported
+    with pytest.warns(RuntimeWarning, match="using COO"):
+        out = model.tables()
+    assert model._use_coo
+    torch.testing.assert_close(out, ref)
+    view = model.view(torch.tensor([0]), torch.tensor([1]))  # no second warning, backward through COO
+    (view.user_emb * view.pos_emb).sum().backward()
+    assert model.user_embedding.weight.grad.abs().sum() > 0
+
+
+def test_gradcheck_propagation():
+    torch.manual_seed(4)
+    model = LightGCN.from_interactions(tiny(), LightGCNConfig(dim=2, n_layers=2)).double()
+    adj = model.adjacency()
+    x = torch.randn(7, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: model._spmm(adj, t), (x,))
+
+
+def test_tables_equal_view_tables_without_grad():
+    torch.manual_seed(5)
+    model = LightGCN.from_interactions(tiny(), LightGCNConfig(dim=4, n_layers=3))
+    view = model.view(torch.tensor([0]), torch.tensor([0]))
+    u, i = model.tables()
+    assert not u.requires_grad and not i.requires_grad
+    torch.testing.assert_close(u, view.user_table.detach())
+    torch.testing.assert_close(i, view.item_table.detach())
+    scores = model.score_users(torch.tensor([0, 2]))
+    torch.testing.assert_close(scores, view.user_table.detach()[[0, 2]] @ view.item_table.detach().T)
+
+
+def test_no_state_cached_across_steps():
+    torch.manual_seed(6)
+    model = LightGCN.from_interactions(tiny(), LightGCNConfig(dim=4, n_layers=1))
+    v1 = model.view(torch.tensor([0]), torch.tensor([0]))
+    with torch.no_grad():
+        model.user_embedding.weight.add_(1.0)
+    v2 = model.view(torch.tensor([0]), torch.tensor([0]))
+    assert not torch.allclose(v1.user_emb, v2.user_emb)
+    torch.testing.assert_close(model.tables()[0], v2.user_table.detach())
+
+
+def test_state_dict_dtype_and_deepcopy():
+    torch.manual_seed(7)
+    model = LightGCN.from_interactions(tiny(), LightGCNConfig(dim=4, n_layers=2))
+    assert set(model.state_dict()) == {"user_embedding.weight", "item_embedding.weight"}
+    clone = copy.deepcopy(model)
+    torch.testing.assert_close(clone.tables()[1], model.tables()[1])
+    model.double()
+    assert model.adj_values.dtype == torch.float64
+    assert model.tables()[0].dtype == torch.float64
+    model.to("cpu")
+    other = LightGCN.from_interactions(tiny(), LightGCNConfig(dim=4, n_layers=2)).double()
+    other.load_state_dict(model.state_dict())
+    torch.testing.assert_close(other.tables()[0], model.tables()[0])
+
+
+def test_registry_and_config_validation():
+    model = build_model("lightgcn", tiny(), dim=8, n_layers=2)
+    assert isinstance(model, LightGCN) and model.config.n_layers == 2 and model.provides_layers
+    assert model.view(torch.tensor([0]), torch.tensor([1])).model_name == "lightgcn"
+    with pytest.raises(ConfigError, match="n_layers of LightGCNConfig"):
+        LightGCNConfig(n_layers=-1)
+    with pytest.raises(ConfigError, match="init"):
+        LightGCNConfig(init="uniform")
+
+
+def test_training_steps_reduce_bpr_loss():
+    torch.manual_seed(8)
+    train = tiny()
+    model = LightGCN.from_interactions(train, LightGCNConfig(dim=8, n_layers=2))
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    users, pos, neg = (
+        torch.tensor([0, 0, 1, 1, 2]),
+        torch.tensor([0, 1, 1, 2, 0]),
+        torch.tensor([3, 2, 3, 0, 3]),
+    )
+    losses = []
+    for _ in range(30):
+        view = model.view(users, pos)
+        loss = torch.nn.functional.softplus(
+            (view.user_emb * view.item_emb(neg)).sum(-1) - (view.user_emb * view.pos_emb).sum(-1)
+        ).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    torch.manual_seed(9)
+    model = LightGCN.from_interactions(tiny(), LightGCNConfig(dim=4, n_layers=3))
+    u_cpu, i_cpu = model.tables()
+    model.cuda()
+    assert model.adj_values.is_cuda
+    view = model.view(torch.tensor([0, 1], device="cuda"), torch.tensor([0, 1], device="cuda"))
+    (view.user_emb * view.pos_emb).sum().backward()
+    assert model.user_embedding.weight.grad.is_cuda
+    u, i = model.tables()
+    torch.testing.assert_close(u.cpu(), u_cpu)
+    torch.testing.assert_close(i.cpu(), i_cpu)
