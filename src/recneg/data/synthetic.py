@@ -26,7 +26,7 @@ class SyntheticConfig:
     mean_degree: float = field(default=30.0, metadata={"help": "mean interactions per user"})
     min_degree: int = field(default=8, metadata={"help": "minimum interactions per user"})
     popularity_exponent: float = field(default=0.8, metadata={"help": "item popularity ∝ rank^-exponent"})
-    temperature: float = field(default=0.5, metadata={"help": "softness of the latent preference"})
+    temperature: float = field(default=0.25, metadata={"help": "softness of the latent preference"})
     n_false_negatives: int = field(default=0, metadata={"help": "held-back liked items per user"})
     seed: int = field(default=0, metadata={"help": "random seed"})
 

@@ -1,0 +1,5 @@
+import sys
+
+from recneg.cli import main
+
+sys.exit(main())

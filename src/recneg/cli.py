@@ -1,0 +1,255 @@
+"""Command line: ``recneg train | evaluate | list | data``.
+
+Only this module parses arguments. It builds typed configs and hands them to the library; any
+:class:`~recneg.errors.RecnegError` becomes a one-line message on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from recneg import __version__
+from recneg.errors import ConfigError, RecnegError
+
+# flag -> (section, key)
+TRAIN_FLAGS = {
+    "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "reg": "reg", "seed": "seed", "device": "device",
+    "threads": "threads", "eval_every": "eval_every", "patience": "patience", "topk": "topk",
+    "optimizer": "optimizer", "metric": "metric", "weight_decay": "weight_decay",
+}
+DATA_FLAGS = {
+    "dataset": "dataset", "data_dir": "data_dir", "split": "split", "valid_ratio": "valid_ratio",
+    "test_ratio": "test_ratio", "threshold": "threshold", "columns": "columns", "split_seed": "seed",
+    "min_user": "min_user", "min_item": "min_item",
+}
+
+
+def _parse_kv(items: list[str] | None, flag: str) -> dict:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} expects key=value, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _add_train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a model with a negative sampler (no flags: the built-in default)")
+    p.add_argument("--config", metavar="FILE", help="TOML (or JSON) config file; flags override it")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR with its saved config")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", help="named dataset (recneg list datasets) or a path (default: synthetic)")
+    g.add_argument("--data-dir", help="folder holding named datasets (default $RECNEG_DATA or a user cache)")
+    g.add_argument("--split", help="auto | random | temporal | latest | loo")
+    g.add_argument("--split-seed", type=int, help="seed of the data split (default 0)")
+    g.add_argument("--valid-ratio", type=float, help="share of each user's train carved as validation (0 = none)")
+    g.add_argument("--test-ratio", type=float, help="test share of a random per-user split")
+    g.add_argument("--threshold", type=float, help="keep ratings >= threshold as positives")
+    g.add_argument("--min-user", type=int, help="k-core: minimum interactions per user")
+    g.add_argument("--min-item", type=int, help="k-core: minimum interactions per item")
+    g.add_argument("--columns", help="user,item[,time] column names of a CSV/TSV/Parquet file")
+    g = p.add_argument_group("components")
+    g.add_argument("--model", help="model name (default mf)")
+    g.add_argument("--model-arg", action="append", metavar="K=V", help="model setting (repeatable)")
+    g.add_argument("--dim", type=int, help="embedding size (model setting dim)")
+    g.add_argument("--sampler", help="sampler name (default uniform)")
+    g.add_argument("--sampler-arg", action="append", metavar="K=V", help="sampler setting, e.g. n_candidates=32")
+    g.add_argument("--loss", help="loss name (default bpr)")
+    g.add_argument("--loss-arg", action="append", metavar="K=V", help="loss setting, e.g. beta=0.1")
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--optimizer", help="adam | adagrad")
+    g.add_argument("--reg", type=float, help="λ of the R1 regulariser")
+    g.add_argument("--weight-decay", type=float, help="optimiser weight decay (R3)")
+    g.add_argument("--seed", type=int, help="training seed")
+    g.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--threads", type=int, help="torch CPU threads (0 = default); recorded in the config")
+    g.add_argument("--eval-every", type=int, help="evaluate every E epochs")
+    g.add_argument("--patience", type=int, help="evaluations without improvement before stopping")
+    g.add_argument("--metric", help="early-stopping metric, e.g. recall@20")
+    g.add_argument("--topk", help="comma list of K (default 10,20,50)")
+    g.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/<dataset>-<model>-<sampler>-<time>)")
+    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def build_run_config(args: argparse.Namespace):
+    from recneg.config import RunConfig, load_config_file
+
+    raw = load_config_file(args.config) if args.config else {}
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for flag, key in DATA_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            raw.setdefault("data", {})[key] = value
+    for flag, key in TRAIN_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            raw.setdefault("train", {})[key] = value
+    if args.no_progress:
+        raw.setdefault("train", {})["progress"] = False
+    for section, name, kv, flag in (
+        ("model", args.model, args.model_arg, "--model-arg"),
+        ("sampler", args.sampler, args.sampler_arg, "--sampler-arg"),
+        ("loss", args.loss, args.loss_arg, "--loss-arg"),
+    ):
+        table = raw.setdefault(section, {})
+        if name is not None and name != table.get("name"):
+            table.clear()  # settings in the file belong to the component it named
+            table["name"] = name
+        table.update(_parse_kv(kv, flag))
+    if args.dim is not None:
+        raw["model"]["dim"] = args.dim
+    cfg = RunConfig.from_dict(raw, source=args.config or "command line")
+    from recneg.registry import LOSSES, MODELS, SAMPLERS
+
+    MODELS.make_config(cfg.model.name, cfg.model.args)  # validate names and settings before loading data
+    SAMPLERS.make_config(cfg.sampler.name, cfg.sampler.args)
+    LOSSES.make_config(cfg.loss.name, cfg.loss.args)
+    return cfg
+
+
+def format_metrics(metrics: dict, title: str = "") -> str:
+    """A table: one row per metric, one column per K."""
+    rows: dict[str, dict[int, float]] = {}
+    for key, value in metrics.items():
+        name, _, k = key.partition("@")
+        if k.isdigit():
+            rows.setdefault(name, {})[int(k)] = value
+    if not rows:
+        return f"{title}(no metrics)"
+    ks = sorted({k for r in rows.values() for k in r})
+    lines = [f"{title}{'metric':<10}" + "".join(f"{'@' + str(k):>10}" for k in ks)]
+    for name, vals in rows.items():
+        lines.append(" " * len(title) + f"{name:<10}" + "".join(f"{vals.get(k, float('nan')):>10.4f}" for k in ks))
+    return "\n".join(lines)
+
+
+def cmd_train(args) -> int:
+    from recneg.runner import resume, run
+
+    if args.resume:
+        others = [
+            a for a, v in vars(args).items()
+            if a not in ("resume", "command", "func", "no_progress") and v not in (None, False)
+        ]
+        if others:
+            raise ConfigError(f"--resume takes no other flags (the run's saved config is used), got --{others[0]}")
+        result, finished = resume(args.resume)
+        if finished is not None:
+            print(f"run {args.resume} had already finished; its metrics:")
+            print(format_metrics(finished.get("test", {}), "test  "))
+            return 0
+        out = Path(args.resume)
+    else:
+        cfg = build_run_config(args)
+        out = Path(args.out) if args.out else Path("runs") / (
+            f"{Path(cfg.data.dataset).name}-{cfg.model.name}-{cfg.sampler.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
+        result = run(cfg, out)
+    if result.valid:
+        print(format_metrics(result.valid, "valid "))
+    print(format_metrics(result.test, "test  "))
+    print(
+        f"best epoch {result.best_epoch} of {len(result.history)}, train {result.train_seconds:.1f}s; "
+        f"run folder: {out}"
+    )
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from recneg.eval.ranking import evaluate
+    from recneg.runner import build_components, load_run_config, load_split
+
+    cfg = load_run_config(args.run_dir)
+    weights = Path(args.run_dir) / "model.pt"
+    if not weights.is_file():
+        raise ConfigError(f"{args.run_dir}: no model.pt yet (the run has not evaluated once)")
+    split = load_split(cfg)
+    model, _, _ = build_components(cfg, split)
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    res = evaluate(model, split, args.part, cfg.train.topk, mask_valid=cfg.train.mask_valid)
+    print(format_metrics(res.metrics, f"{args.part:<6}"))
+    if args.json:
+        print(json.dumps(res.metrics))
+    return 0
+
+
+def cmd_list(args) -> int:
+    from recneg.registry import LOSSES, MODELS, SAMPLERS
+
+    if args.kind == "datasets":
+        from recneg.data.datasets import DATASETS
+
+        for name, desc in DATASETS.items():
+            print(f"{name:<22} {desc}")
+        return 0
+    registry = {"samplers": SAMPLERS, "models": MODELS, "losses": LOSSES}[args.kind]
+    for entry in registry.entries():
+        print(f"{entry.name:<14} {entry.help}")
+        for field_name, type_name, default, help_text in entry.describe():
+            print(f"    {field_name} = {default!r:<10} {help_text}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from recneg.data.datasets import describe, load_dataset
+
+    split = load_dataset(args.dataset, data_dir=args.data_dir, split=args.split, download=not args.no_download)
+    stats = describe(split)
+    width = max(len(k) for k in stats)
+    for key, value in stats.items():
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recneg", description="Negative sampling for recommender training.")
+    parser.add_argument("--version", action="version", version=f"recneg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train_parser(sub)
+    p = sub.add_parser("evaluate", help="evaluate the best model of a run folder")
+    p.add_argument("run_dir")
+    p.add_argument("--part", choices=["test", "valid"], default="test")
+    p.add_argument("--json", action="store_true", help="also print the metrics as JSON")
+    p = sub.add_parser("list", help="list registered samplers, models, losses or datasets")
+    p.add_argument("kind", choices=["samplers", "models", "losses", "datasets"])
+    p = sub.add_parser("data", help="dataset tools")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    s = dsub.add_parser("stats", help="statistics of a dataset and its split")
+    s.add_argument("dataset")
+    s.add_argument("--data-dir")
+    s.add_argument("--split", default="auto")
+    s.add_argument("--no-download", action="store_true")
+    return parser
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "list": cmd_list, "data": cmd_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return COMMANDS[args.command](args)
+    except RecnegError as exc:
+        print(f"recneg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is kept (resume with --resume RUN_DIR)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

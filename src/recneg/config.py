@@ -1,0 +1,176 @@
+"""Typed run configuration: frozen dataclasses, a TOML file, and command-line overrides.
+
+Only ``cli.py`` parses arguments; it builds a :class:`RunConfig` and passes it down. A TOML file has one
+table per section, with the component's own settings beside its ``name``::
+
+    [data]
+    dataset = "ml-100k"
+    data_dir = "../shared/data"
+
+    [model]
+    name = "mf"
+    dim = 64
+
+    [sampler]
+    name = "dns"
+    n_candidates = 32
+
+    [loss]
+    name = "bpr"
+
+    [train]
+    epochs = 50
+    lr = 1e-3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recneg._validation import require_choice, require_float, require_int
+from recneg.errors import ConfigError
+from recneg.registry import config_from_mapping, suggest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of the trainer (every field has a default; validated on construction)."""
+
+    epochs: int = field(default=50, metadata={"help": "maximum number of epochs"})
+    batch_size: int = field(default=2048, metadata={"help": "training pairs (u, i) per step"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate"})
+    optimizer: str = field(default="adam", metadata={"help": "adam | adagrad"})
+    reg: float = field(default=1e-4, metadata={"help": "λ of the R1 regulariser (½‖·‖² of batch rows / B)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "optimiser weight decay (R3), 0 = off"})
+    eval_every: int = field(default=5, metadata={"help": "evaluate every E epochs (and after the last)"})
+    patience: int = field(default=5, metadata={"help": "evaluations without improvement before stopping (0 = off)"})
+    metric: str = field(default="recall@20", metadata={"help": "early-stopping metric"})
+    topk: tuple[int, ...] = field(default=(10, 20, 50), metadata={"help": "cut-offs K of the metrics"})
+    seed: int = field(default=0, metadata={"help": "random seed (same seed ⇒ same metrics on CPU)"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch's default)"})
+    eval_chunk: int = field(default=1024, metadata={"help": "users scored at once in evaluation"})
+    drop_last: bool = field(default=False, metadata={"help": "drop the last incomplete batch of an epoch"})
+    mask_valid: bool = field(default=True, metadata={"help": "mask validation positives when testing"})
+    progress: bool = field(default=True, metadata={"help": "show a tqdm progress bar"})
+
+    def __post_init__(self):
+        require_int("epochs", self, low=1)
+        require_int("batch_size", self, low=1)
+        require_float("lr", self, low=0.0, low_open=True)
+        require_choice("optimizer", self, {"adam", "adagrad"})
+        require_float("reg", self, low=0.0)
+        require_float("weight_decay", self, low=0.0)
+        require_int("eval_every", self, low=1)
+        require_int("patience", self, low=0)
+        require_int("seed", self, low=0)
+        require_int("threads", self, low=0)
+        require_int("eval_chunk", self, low=1)
+        if not self.topk or any(isinstance(k, bool) or not isinstance(k, int) or k <= 0 for k in self.topk):
+            raise ConfigError(f"topk of TrainConfig must be a list of ints >= 1, got {self.topk!r}")
+        name, _, k = self.metric.partition("@")
+        from recneg.eval.metrics import METRIC_NAMES
+
+        if name not in METRIC_NAMES or not k.isdigit() or int(k) not in self.topk:
+            raise ConfigError(
+                f"metric of TrainConfig must be one of {list(METRIC_NAMES)} '@K' with K in topk "
+                f"{list(self.topk)}, got {self.metric!r}"
+            )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = field(default="synthetic", metadata={"help": "a named dataset or a path"})
+    data_dir: str | None = field(default=None, metadata={"help": "folder of named datasets (env RECNEG_DATA)"})
+    split: str = field(default="auto", metadata={"help": "auto | random | temporal | latest | loo"})
+    valid_ratio: float = field(default=0.1, metadata={"help": "share of each user's train carved as validation"})
+    test_ratio: float = field(default=0.1, metadata={"help": "test share of a random per-user split"})
+    threshold: float | None = field(default=None, metadata={"help": "keep ratings >= threshold as positives"})
+    min_user: int = field(default=0, metadata={"help": "k-core: minimum interactions per user"})
+    min_item: int = field(default=0, metadata={"help": "k-core: minimum interactions per item"})
+    columns: tuple[str, ...] | None = field(default=None, metadata={"help": "user,item[,time] column names"})
+    seed: int = field(default=0, metadata={"help": "split seed"})
+    download: bool = field(default=True, metadata={"help": "fetch missing named datasets"})
+
+    def __post_init__(self):
+        require_float("valid_ratio", self, low=0.0, high=1.0, high_open=True)
+        require_float("test_ratio", self, low=0.0, high=1.0, low_open=True, high_open=True)
+        require_int("min_user", self, low=0)
+        require_int("min_item", self, low=0)
+        require_int("seed", self, low=0)
+
+
+@dataclass(frozen=True)
+class ComponentConfig:
+    """A registry name and its settings (validated when the component is built)."""
+
+    name: str
+    args: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ComponentConfig = field(default_factory=lambda: ComponentConfig("mf"))
+    sampler: ComponentConfig = field(default_factory=lambda: ComponentConfig("uniform"))
+    loss: ComponentConfig = field(default_factory=lambda: ComponentConfig("bpr"))
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return {
+            "data": dataclasses.asdict(self.data),
+            "model": {"name": self.model.name, **self.model.args},
+            "sampler": {"name": self.sampler.name, **self.sampler.args},
+            "loss": {"name": self.loss.name, **self.loss.args},
+            "train": dataclasses.asdict(self.train),
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> RunConfig:
+        sections = {"data", "model", "sampler", "loss", "train"}
+        for key in raw:
+            if key not in sections:
+                raise ConfigError(f"{source}: unknown section [{key}]{suggest(key, sections)}; valid: {sorted(sections)}")
+        for key, value in raw.items():
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: [{key}] must be a table of settings, got {value!r}")
+        data = config_from_mapping(DataConfig, raw.get("data", {}), owner=f"{source} [data]")
+        train = config_from_mapping(TrainConfig, raw.get("train", {}), owner=f"{source} [train]")
+        defaults = {"model": "mf", "sampler": "uniform", "loss": "bpr"}
+        comps = {}
+        for section, default in defaults.items():
+            values = dict(raw.get(section, {}))
+            name = values.pop("name", default)
+            if not isinstance(name, str):
+                raise ConfigError(f"{source}: [{section}] name must be a string, got {name!r}")
+            comps[section] = ComponentConfig(name, values)
+        return cls(data, comps["model"], comps["sampler"], comps["loss"], train)
+
+    def save(self, path: str | Path) -> None:
+        from recneg.utils import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, default=list))
+
+
+def load_config_file(path: str | Path) -> dict:
+    """Read a TOML (or JSON) config file into a plain dict, with errors naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    text = p.read_bytes()
+    try:
+        if p.suffix == ".json":
+            return json.loads(text)
+        return tomllib.loads(text.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: not a valid {'JSON' if p.suffix == '.json' else 'TOML'} file: {exc}") from None

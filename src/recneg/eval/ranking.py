@@ -1,0 +1,172 @@
+"""Full ranking over all items, chunked over users (ALGORITHMS.md §8.1).
+
+For every user with a non-empty target set: score all items, set the scores of the items to exclude
+(training positives, and validation positives when testing) to ``−inf``, take the top ``K_max``, and compare
+with the targets. Memory is bounded by one ``[chunk_size, n_items]`` score block.
+
+Items that occur only in the target set (no training interaction) are legal: they are in the id space and
+count in recall denominators.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor
+
+from recneg.data.interactions import Interactions, PositiveIndex, Split
+from recneg.errors import ConfigError
+from recneg.eval.metrics import topk_metrics
+
+
+@dataclass
+class EvalResult:
+    """Metrics averaged over evaluated users, plus per-user detail for significance tests and PER.
+
+    Attributes:
+        metrics: ``{"recall@20": float, ...}``.
+        users: ``[n_eval]`` int64 ids of evaluated users (non-empty targets), ascending.
+        per_user: ``{"recall@20": [n_eval] float64 array, ...}``.
+        topk: ``[n_eval, K_max]`` int64 ranked item ids (the per-user hit lists derive from it).
+        hits: ``[n_eval, K_max]`` bool, whether each ranked item is a target.
+    """
+
+    metrics: dict[str, float]
+    users: np.ndarray
+    per_user: dict[str, np.ndarray] = field(repr=False)
+    topk: np.ndarray = field(repr=False)
+    hits: np.ndarray = field(repr=False)
+
+    def hit_set(self, k: int) -> set[tuple[int, int]]:
+        """``H`` = set of (user, item) test interactions correctly predicted in the top ``k`` (for PER)."""
+        rows, cols = np.nonzero(self.hits[:, :k])
+        return set(zip(self.users[rows].tolist(), self.topk[rows, cols].tolist(), strict=True))
+
+
+def _csr_union(*parts: Interactions | None) -> sp.csr_matrix:
+    mats = [p.csr for p in parts if p is not None]
+    m = mats[0]
+    for other in mats[1:]:
+        m = m + other
+    m = m.tocsr()
+    m.data[:] = 1.0
+    m.sort_indices()
+    return m
+
+
+def rank_topk(
+    user_table: Tensor,
+    item_table: Tensor,
+    users: Tensor,
+    k: int,
+    exclude: PositiveIndex | None = None,
+    chunk_size: int = 1024,
+    deterministic_ties: bool = False,
+) -> Tensor:
+    """Top-``k`` item ids per user after masking excluded items.
+
+    Args:
+        user_table: ``[n_users, d]``; item_table: ``[n_items, d]``.
+        users: ``[C]`` user ids to rank for.
+        k: list length.
+        exclude: per-user items to mask (CSR arrays in a :class:`PositiveIndex`).
+        chunk_size: users scored at once (memory ``chunk_size × n_items`` floats).
+        deterministic_ties: break score ties by ascending item id (a full stable sort; slower).
+
+    Returns:
+        ``[C, k]`` int64 item ids, best first.
+    """
+    n_items = item_table.shape[0]
+    if k > n_items:
+        raise ConfigError(f"top-k of {k} exceeds the number of items ({n_items})")
+    out = []
+    item_t = item_table.T.contiguous()
+    for start in range(0, users.numel(), chunk_size):
+        chunk = users[start : start + chunk_size]
+        scores = user_table[chunk] @ item_t  # [c, n_items]
+        if exclude is not None:
+            lo, hi = exclude.indptr[chunk], exclude.indptr[chunk + 1]
+            counts = hi - lo
+            if int(counts.sum()) > 0:
+                rows = torch.repeat_interleave(torch.arange(chunk.numel(), device=scores.device), counts)
+                offsets = torch.arange(rows.numel(), device=scores.device) - torch.repeat_interleave(
+                    torch.cumsum(counts, 0) - counts, counts
+                )
+                cols = exclude.indices[torch.repeat_interleave(lo, counts) + offsets]
+                scores[rows, cols] = float("-inf")
+        if deterministic_ties:
+            out.append(torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k])
+        else:
+            out.append(torch.topk(scores, k, dim=1, sorted=True).indices)
+    return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.long, device=user_table.device)
+
+
+@torch.no_grad()
+def evaluate_tables(
+    user_table: Tensor,
+    item_table: Tensor,
+    target: Interactions,
+    exclude: list[Interactions | None] | None = None,
+    topk=(10, 20, 50),
+    chunk_size: int = 1024,
+    deterministic_ties: bool = False,
+) -> EvalResult:
+    """Evaluate fixed user/item tables on ``target`` (e.g. test), masking the ``exclude`` interactions.
+
+    Shape: ``user_table [n_users, d]``, ``item_table [n_items, d]``.
+    """
+    ks = sorted({int(k) for k in topk})
+    if not ks or ks[0] < 1:
+        raise ConfigError(f"topk must be a non-empty list of ints >= 1, got {list(topk)}")
+    device = user_table.device
+    n_targets_np = target.csr.getnnz(axis=1)
+    users_np = np.flatnonzero(n_targets_np > 0)
+    users = torch.as_tensor(users_np, device=device)
+    parts = [p for p in (exclude or []) if p is not None]
+    excl = PositiveIndex.from_csr(_csr_union(*parts), device) if parts else None
+    tgt = target.positives(device)
+    k_max = min(ks[-1], item_table.shape[0])
+    if ks[-1] > item_table.shape[0]:
+        raise ConfigError(f"top-k of {ks[-1]} exceeds the number of items ({item_table.shape[0]})")
+    top = rank_topk(user_table, item_table, users, k_max, excl, chunk_size, deterministic_ties)
+    hits = tgt.contains(users.unsqueeze(1), top)
+    n_targets = torch.as_tensor(n_targets_np[users_np], device=device)
+    per_user_t = topk_metrics(hits, n_targets, ks) if users.numel() else {}
+    per_user = {k: v.cpu().numpy() for k, v in per_user_t.items()}
+    metrics = {k: float(v.mean()) if v.size else 0.0 for k, v in per_user.items()}
+    return EvalResult(metrics, users_np, per_user, top.cpu().numpy(), hits.cpu().numpy())
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    split: Split,
+    part: str = "test",
+    topk=(10, 20, 50),
+    chunk_size: int = 1024,
+    mask_valid: bool = True,
+    deterministic_ties: bool = False,
+) -> EvalResult:
+    """Full-ranking evaluation of a model on ``split.test`` (or ``split.valid``).
+
+    Masks training positives; when testing, also masks validation positives unless ``mask_valid=False``
+    (ALGORITHMS.md §8.1 DECIDE: recneg masks them, as RecBole does).
+    """
+    if part not in ("test", "valid"):
+        raise ConfigError(f"part must be 'test' or 'valid', got {part!r}")
+    target = split.test if part == "test" else split.valid
+    if target is None:
+        raise ConfigError("this split has no validation part (valid_ratio = 0)")
+    exclude = [split.train]
+    if part == "test" and mask_valid and split.valid is not None:
+        exclude.append(split.valid)
+    was_training = model.training
+    model.eval()
+    try:
+        user_table, item_table = model.tables()
+    finally:
+        model.train(was_training)
+    return evaluate_tables(user_table, item_table, target, exclude, topk, chunk_size, deterministic_ties)

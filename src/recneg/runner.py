@@ -1,0 +1,99 @@
+"""Build everything a run needs from a :class:`~recneg.config.RunConfig`, train, and write the run folder.
+
+This is what ``recneg train`` calls; it is also the one-call Python entry point::
+
+    from recneg.config import RunConfig
+    from recneg.runner import run
+    result = run(RunConfig(), out_dir="runs/default")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from recneg.config import RunConfig
+from recneg.errors import ConfigError
+from recneg.registry import LOSSES, MODELS, SAMPLERS, build_loss, build_model, build_sampler
+from recneg.train import CHECKPOINT, METRICS, RunResult, Trainer
+
+
+def load_split(cfg: RunConfig):
+    from recneg.data.datasets import load_dataset
+
+    d = cfg.data
+    return load_dataset(
+        d.dataset,
+        data_dir=d.data_dir,
+        split=d.split,
+        valid_ratio=d.valid_ratio,
+        test_ratio=d.test_ratio,
+        seed=d.seed,
+        threshold=d.threshold,
+        min_user=d.min_user,
+        min_item=d.min_item,
+        columns=d.columns,
+        download=d.download,
+    )
+
+
+def build_components(cfg: RunConfig, split):
+    """Model, sampler and loss from their registry names and settings.
+
+    A sampler whose config has a ``dim`` field (samplers with their own parameters, e.g. ANS) that the user
+    did not set receives the model's embedding size.
+    """
+    model_cfg = MODELS.make_config(cfg.model.name, cfg.model.args)
+    model = build_model(cfg.model.name, split.train, config=model_cfg)
+    sampler_args = dict(cfg.sampler.args)
+    sampler_entry = SAMPLERS.get(cfg.sampler.name)
+    if sampler_entry.config is not None and "dim" not in sampler_args:
+        names = {f.name for f in dataclasses.fields(sampler_entry.config)}
+        if "dim" in names and model_cfg is not None and hasattr(model_cfg, "dim"):
+            sampler_args["dim"] = model_cfg.dim
+    sampler = build_sampler(cfg.sampler.name, SAMPLERS.make_config(cfg.sampler.name, sampler_args))
+    loss = build_loss(cfg.loss.name, LOSSES.make_config(cfg.loss.name, cfg.loss.args))
+    return model, sampler.bind(split.train), loss
+
+
+def run(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = False) -> RunResult:
+    """Load data, build components, train (resuming from ``out_dir`` when asked), write the run folder."""
+    split = load_split(cfg)
+    model, sampler, loss = build_components(cfg, split)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            for stale in (CHECKPOINT, METRICS, "history.jsonl", "model.pt"):
+                (out_dir / stale).unlink(missing_ok=True)
+        cfg.save(out_dir / "config.json")
+        split.train.save_id_maps(out_dir / "id_maps.json")
+    trainer = Trainer(model, sampler, split, loss, cfg.train, out_dir, run_config=cfg)
+    if resume and out_dir is not None:
+        trainer.resume_from(out_dir)
+    return trainer.run()
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run folder: {path.name} is missing")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    return RunConfig.from_dict(raw, source=str(path))
+
+
+def resume(run_dir: str | Path) -> tuple[RunResult | None, dict | None]:
+    """Continue the run in ``run_dir`` with its saved config.
+
+    Returns ``(result, None)`` after training, or ``(None, metrics)`` when the run had already finished.
+    """
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    metrics_path = run_dir / METRICS
+    if metrics_path.is_file():
+        return None, json.loads(metrics_path.read_text())
+    return run(cfg, run_dir, resume=True), None

@@ -1,0 +1,365 @@
+"""The trainer: epochs of shuffled pairs, one sampler call per batch, evaluation, early stopping, checkpoints.
+
+One training step, as the architecture guide draws it::
+
+    view = model.view(users, pos)                      # one propagation (LightGCN); gathers for MF
+    neg = sampler(users, pos, view, generator=gen)     # Negatives record
+    loss = loss_fn(view.user_emb, view.pos_emb, neg) + l2_regularization(view, neg, λ) + neg.aux_loss
+
+The trainer never looks at which sampler or model it runs. A run folder holds ``config.json``,
+``id_maps.json``, ``history.jsonl`` (one line per finished epoch), ``checkpoint.pt`` (written atomically at
+each evaluation), ``model.pt`` (best weights) and ``metrics.json`` (at the end).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from recneg.config import RunConfig, TrainConfig
+from recneg.data.interactions import Split
+from recneg.errors import ConfigError
+from recneg.eval.ranking import EvalResult, evaluate
+from recneg.losses import l2_regularization
+from recneg.samplers.base import Sampler
+from recneg.utils import atomic_torch_save, atomic_write_text, resolve_device, set_threads
+
+CHECKPOINT = "checkpoint.pt"
+HISTORY = "history.jsonl"
+METRICS = "metrics.json"
+BEST_MODEL = "model.pt"
+
+
+@dataclass
+class RunResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+        valid: best validation metrics (``{}`` without validation).
+        test: test metrics of the restored best model (or of the last epoch without validation).
+        best_epoch: 1-based epoch of the best validation score (last epoch without validation).
+        train_seconds: training time summed over epochs (evaluation excluded).
+        history: one dict per epoch, as in ``history.jsonl``.
+        test_result: the full :class:`EvalResult` of the final test evaluation (per-user detail).
+    """
+
+    valid: dict
+    test: dict
+    best_epoch: int
+    train_seconds: float
+    history: list[dict] = field(repr=False)
+    model: nn.Module | None = field(default=None, repr=False)
+    sampler: Sampler | None = field(default=None, repr=False)
+    test_result: EvalResult | None = field(default=None, repr=False)
+    out_dir: Path | None = None
+
+    def metrics_json(self) -> dict:
+        return {
+            "valid": self.valid,
+            "test": self.test,
+            "best_epoch": self.best_epoch,
+            "train_seconds": self.train_seconds,
+            "epochs_run": len(self.history),
+        }
+
+
+def _stat_value(v) -> float:
+    return float(v.detach().float().mean()) if torch.is_tensor(v) else float(v)
+
+
+def _clone_state(module: nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+class Trainer:
+    """Runs one training job. Use :func:`fit` unless you need the pieces."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        sampler: Sampler,
+        split: Split,
+        loss: nn.Module | None = None,
+        config: TrainConfig | None = None,
+        out_dir: str | Path | None = None,
+        run_config: RunConfig | None = None,
+    ):
+        from recneg.losses import BPRLoss
+
+        self.config = config or TrainConfig()
+        set_threads(self.config.threads)
+        self.device = resolve_device(self.config.device)
+        self.split = split
+        self.model = model.to(self.device)
+        if sampler.train_ is None:
+            sampler.bind(split.train)
+        self.sampler = sampler.to(self.device)
+        self.loss_fn = (loss or BPRLoss()).to(self.device)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.run_config = run_config
+        if len(split.train) == 0:
+            raise ConfigError("the training part is empty: nothing to train on")
+        cfg = self.config
+        params = [p for p in list(self.model.parameters()) + list(self.sampler.parameters()) if p.requires_grad]
+        if cfg.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            self.optimizer = torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.train_users = torch.as_tensor(split.train.users, device=self.device)
+        self.train_items = torch.as_tensor(split.train.items, device=self.device)
+        self.use_valid = split.valid is not None and len(split.valid) > 0
+        # state that checkpoints carry
+        self.epoch = 0
+        self.history: list[dict] = []
+        self.best_score = -math.inf
+        self.best_epoch = 0
+        self.best_valid: dict = {}
+        self.best_state: dict | None = None
+        self.evals_since_best = 0
+        self.train_seconds = 0.0
+        self.stopped = False
+        torch.manual_seed(cfg.seed)
+        self.shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+        self.sample_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+
+    # ---------------------------------------------------------------------------------------- one epoch
+    def train_epoch(self) -> dict:
+        cfg = self.config
+        model, sampler = self.model.train(), self.sampler.train()
+        n = self.train_users.numel()
+        perm = torch.randperm(n, generator=self.shuffle_gen).to(self.device)
+        n_batches = n // cfg.batch_size if cfg.drop_last else math.ceil(n / cfg.batch_size)
+        n_batches = max(n_batches, 1)
+        sampler.on_epoch_start(self.epoch, model, self.sample_gen)
+        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        stats: dict[str, float] = {}
+        bar = None
+        if cfg.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n_batches, desc=f"epoch {self.epoch + 1}", leave=False, unit="batch")
+        start = time.perf_counter()
+        for b in range(n_batches):
+            idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            users, pos = self.train_users[idx], self.train_items[idx]
+            view = model.view(users, pos)
+            neg = sampler(users, pos, view, generator=self.sample_gen)
+            loss = self.loss_fn(view.user_emb, view.pos_emb, neg)
+            loss = loss + l2_regularization(view, neg, cfg.reg)
+            if neg.aux_loss is not None:
+                loss = loss + neg.aux_loss
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.detach()
+            for k, v in neg.stats.items():
+                stats[k] = stats.get(k, 0.0) + _stat_value(v)
+            if bar is not None:
+                bar.update(1)
+                if b % 20 == 0 or b == n_batches - 1:
+                    elapsed = max(time.perf_counter() - start, 1e-9)
+                    bar.set_postfix(loss=f"{float(total) / (b + 1):.4f}", pairs_s=f"{(b + 1) * cfg.batch_size / elapsed:,.0f}")
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        if bar is not None:
+            bar.close()
+        mean_loss = float(total) / n_batches
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(f"training loss became {mean_loss} in epoch {self.epoch + 1}; lower the lr")
+        record = {
+            "epoch": self.epoch + 1,
+            "loss": mean_loss,
+            "train_seconds": seconds,
+            "pairs_per_second": n / seconds if seconds > 0 else None,
+        }
+        if stats:
+            record["sampler"] = {k: v / n_batches for k, v in stats.items()}
+        return record
+
+    def evaluate(self, part: str) -> EvalResult:
+        cfg = self.config
+        return evaluate(
+            self.model, self.split, part, cfg.topk, cfg.eval_chunk, mask_valid=cfg.mask_valid
+        )
+
+    # ---------------------------------------------------------------------------------------- the run
+    def run(self) -> RunResult:
+        cfg = self.config
+        part = "valid" if self.use_valid else "test"
+        while self.epoch < cfg.epochs and not self.stopped:
+            record = self.train_epoch()
+            self.epoch += 1
+            self.train_seconds += record["train_seconds"]
+            record["eval_seconds"] = 0.0
+            is_eval = self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs
+            if is_eval:
+                t0 = time.perf_counter()
+                metrics = self.evaluate(part).metrics
+                record["eval_seconds"] = time.perf_counter() - t0
+                record[part] = metrics
+                self._after_eval(metrics)
+            self.history.append(record)
+            self._append_history(record)
+            if is_eval:
+                self.save_checkpoint()
+        return self._finish()
+
+    def _after_eval(self, metrics: dict) -> None:
+        cfg = self.config
+        if not self.use_valid:  # fixed budget: the last epoch is what counts
+            self.best_epoch, self.best_valid = self.epoch, {}
+            return
+        score = metrics[cfg.metric]
+        if score > self.best_score:
+            self.best_score, self.best_epoch, self.best_valid = score, self.epoch, dict(metrics)
+            self.best_state = {"model": _clone_state(self.model), "sampler": _clone_state(self.sampler)}
+            self.evals_since_best = 0
+            if self.out_dir is not None:
+                atomic_torch_save(self.best_state["model"], self.out_dir / BEST_MODEL)
+        else:
+            self.evals_since_best += 1
+            if cfg.patience and self.evals_since_best >= cfg.patience:
+                self.stopped = True
+
+    def _finish(self) -> RunResult:
+        if self.use_valid and self.best_state is not None:
+            self.model.load_state_dict(self.best_state["model"])
+            self.sampler.load_state_dict(self.best_state["sampler"])
+        elif self.out_dir is not None:
+            atomic_torch_save(_clone_state(self.model), self.out_dir / BEST_MODEL)
+        test = self.evaluate("test")
+        result = RunResult(
+            valid=self.best_valid,
+            test=test.metrics,
+            best_epoch=self.best_epoch,
+            train_seconds=self.train_seconds,
+            history=self.history,
+            model=self.model,
+            sampler=self.sampler,
+            test_result=test,
+            out_dir=self.out_dir,
+        )
+        if self.out_dir is not None:
+            atomic_write_text(self.out_dir / METRICS, json.dumps(result.metrics_json(), indent=2))
+        return result
+
+    # ---------------------------------------------------------------------------------------- files
+    def _append_history(self, record: dict) -> None:
+        if self.out_dir is None:
+            return
+        with open(self.out_dir / HISTORY, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+            fh.flush()
+
+    def state(self) -> dict:
+        rng = {
+            "torch": torch.get_rng_state(),
+            "shuffle": self.shuffle_gen.get_state(),
+            "sample": self.sample_gen.get_state(),
+        }
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "format": 1,
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng,
+            "history": self.history,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "best_valid": self.best_valid,
+            "best_state": self.best_state,
+            "evals_since_best": self.evals_since_best,
+            "train_seconds": self.train_seconds,
+            "stopped": self.stopped,
+        }
+
+    def save_checkpoint(self) -> None:
+        if self.out_dir is not None:
+            atomic_torch_save(self.state(), self.out_dir / CHECKPOINT)
+
+    def load_state(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+        self.model.load_state_dict(state["model"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.shuffle_gen.set_state(state["rng"]["shuffle"])
+        self.sample_gen.set_state(state["rng"]["sample"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.history = list(state["history"])
+        self.best_score = float(state["best_score"])
+        self.best_epoch = int(state["best_epoch"])
+        self.best_valid = dict(state["best_valid"])
+        self.best_state = state["best_state"]
+        self.evals_since_best = int(state["evals_since_best"])
+        self.train_seconds = float(state["train_seconds"])
+        self.stopped = bool(state["stopped"])
+        if self.out_dir is not None:  # drop history lines of epochs after the checkpoint: they are redone
+            text = "".join(json.dumps(r) + "\n" for r in self.history)
+            atomic_write_text(self.out_dir / HISTORY, text)
+
+    def resume_from(self, run_dir: str | Path) -> bool:
+        """Load ``run_dir/checkpoint.pt`` if it exists. Returns whether a checkpoint was loaded."""
+        path = Path(run_dir) / CHECKPOINT
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.load_state(state)
+        return True
+
+
+def fit(
+    model: nn.Module,
+    sampler: Sampler,
+    split: Split,
+    loss: nn.Module | None = None,
+    config: TrainConfig | None = None,
+    out_dir: str | Path | None = None,
+    **overrides,
+) -> RunResult:
+    """Train ``model`` with ``sampler`` on ``split.train``; early-stop on validation; test at the end.
+
+    Args:
+        model: a :class:`~recneg.models.Recommender` (e.g. ``build_model("mf", split.train)``).
+        sampler: a :class:`~recneg.samplers.Sampler` (bound to ``split.train`` here if it is not yet).
+        split: train / valid / test interactions in one id space.
+        loss: a loss module (default BPR).
+        config: a :class:`TrainConfig`; keyword ``overrides`` replace its fields (``epochs=10``).
+        out_dir: optional run folder for history, checkpoints and metrics.
+
+    Example::
+
+        data = recneg.load_dataset("synthetic")
+        result = recneg.fit(build_model("mf", data.train), build_sampler("dns"), data, epochs=20)
+    """
+    config = config or TrainConfig()
+    if overrides:
+        config = _merge(config, overrides)
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return Trainer(model, sampler, split, loss, config, out_dir).run()
+
+
+def _fields(cfg) -> dict:
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+
+
+def _merge(config: TrainConfig, overrides: dict) -> TrainConfig:
+    from recneg.registry import config_from_mapping
+
+    return config_from_mapping(TrainConfig, {**_fields(config), **overrides}, "fit()")
+
+
+__all__ = ["Trainer", "RunResult", "fit"]
