@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -99,10 +100,13 @@ def from_arrays(users, items, timestamps=None, weights=None) -> Interactions:
     )
 
 
-def _read_frame(path: Path, sep: str, names=None, header=None, text: str | None = None, **kw) -> pd.DataFrame:
+def _read_frame(
+    path: Path, sep: str, names=None, header=None, text: str | None = None, expected_header=None, **kw
+) -> pd.DataFrame:
     """``pd.read_csv`` with exact 1-based physical line numbers in errors; blank lines dropped.
 
-    The returned frame keeps a ``_line`` column with the physical line number of every row.
+    The returned frame keeps a ``_line`` column with the physical line number of every row. With
+    ``expected_header`` (a list of names), the header line must be exactly that.
     """
     path = Path(path)
     if text is None and not path.is_file():
@@ -124,6 +128,11 @@ def _read_frame(path: Path, sep: str, names=None, header=None, text: str | None 
         raise DataError(f"{path}: could not parse ({str(e).strip().splitlines()[-1]})") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: expected UTF-8 text ({e.reason} at byte {e.start})") from None
+    if expected_header is not None and [str(c) for c in df.columns] != list(expected_header):
+        raise DataError(
+            f"{path} line 1: expected header {sep.join(expected_header)!r}, "
+            f"got {sep.join(map(str, df.columns))!r}"
+        )
     first = 1 + (0 if header is None else 1)
     df["_line"] = np.arange(first, first + len(df), dtype=np.int64)
     data_cols = [c for c in df.columns if c != "_line"]
@@ -204,7 +213,9 @@ def _time_column(df: pd.DataFrame, col, path: Path, field: str) -> np.ndarray:
     if not pd.api.types.is_numeric_dtype(s.dtype) and s.notna().all():
         num = pd.to_numeric(s, errors="coerce")
         if num.isna().any():
-            dt = pd.to_datetime(s, errors="coerce", utc=True)
+            with warnings.catch_warnings():  # "could not infer format": fine, we check every value below
+                warnings.simplefilter("ignore", UserWarning)
+                dt = pd.to_datetime(s, errors="coerce", utc=True)
             if dt.notna().all():
                 return (dt - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype=np.float64)
     return _float_column(df, col, path, field, "a finite timestamp (number or date)")
@@ -337,13 +348,8 @@ def read_movielens(path: str | Path) -> Interactions:
     path = Path(path)
     names = ["user", "item", "rating", "timestamp"]
     if path.suffix == ".csv":
-        df = _read_frame(path, sep=",", header=0)
         expected = ["userId", "movieId", "rating", "timestamp"]
-        got = [c for c in df.columns if c != "_line"]
-        if got[:4] != expected:
-            raise DataError(
-                f"{path} line 1: expected header {','.join(expected)}, got {','.join(map(str, got))}"
-            )
+        df = _read_frame(path, sep=",", header=0, expected_header=expected)
         df = df.rename(columns=dict(zip(expected, names, strict=True)))
     elif path.suffix == ".dat":
         text = _read_text(path)
@@ -355,12 +361,11 @@ def read_movielens(path: str | Path) -> Interactions:
         df = _read_frame(path, sep="\t", names=names, text=text.replace("::", "\t"))
     else:
         df = _read_frame(path, sep="\t", names=names)
-    return from_arrays(
-        _id_column(df, "user", path, "user"),
-        _id_column(df, "item", path, "item"),
-        timestamps=_float_column(df, "timestamp", path, "timestamp", "a finite unix timestamp"),
-        weights=_float_column(df, "rating", path, "rating", "a finite rating"),
-    )
+    users = _id_column(df, "user", path, "user")
+    items = _id_column(df, "item", path, "item")
+    ratings = _float_column(df, "rating", path, "rating", "a finite rating")
+    times = _float_column(df, "timestamp", path, "timestamp", "a finite unix timestamp")
+    return from_arrays(users, items, timestamps=times, weights=ratings)
 
 
 def read_hetrec_lastfm(path: str | Path) -> Interactions:
@@ -370,13 +375,7 @@ def read_hetrec_lastfm(path: str | Path) -> Interactions:
         Interactions with ``weights`` = listening count and no timestamps.
     """
     path = Path(path)
-    df = _read_frame(path, sep="\t", header=0)
-    expected = ["userID", "artistID", "weight"]
-    got = [c for c in df.columns if c != "_line"]
-    if got != expected:
-        raise DataError(
-            f"{path} line 1: expected header {chr(9).join(expected)!r}, got {chr(9).join(map(str, got))!r}"
-        )
+    df = _read_frame(path, sep="\t", header=0, expected_header=["userID", "artistID", "weight"])
     return from_arrays(
         _id_column(df, "userID", path, "userID"),
         _id_column(df, "artistID", path, "artistID"),
