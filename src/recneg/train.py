@@ -70,6 +70,20 @@ class RunResult:
         }
 
 
+def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Adam or Adagrad, fused (one kernel over all parameters) where torch supports it.
+
+    Fused Adam is the same algorithm; on a 2-core CPU it cut the optimiser step on Gowalla-sized MF tables
+    from ~45 ms to ~8 ms (see benchmarks/).
+    """
+    cls = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}[name]
+    params = list(params)
+    try:
+        return cls(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # device or dtype without a fused kernel
+        return cls(params, lr=lr, weight_decay=weight_decay)
+
+
 def _stat_value(v) -> float:
     return float(v.detach().float().mean()) if torch.is_tensor(v) else float(v)
 
@@ -108,10 +122,7 @@ class Trainer:
             raise ConfigError("the training part is empty: nothing to train on")
         cfg = self.config
         params = [p for p in list(self.model.parameters()) + list(self.sampler.parameters()) if p.requires_grad]
-        if cfg.optimizer == "adam":
-            self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        else:
-            self.optimizer = torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay)
         self.train_users = torch.as_tensor(split.train.users, device=self.device)
         self.train_items = torch.as_tensor(split.train.items, device=self.device)
         self.use_valid = split.valid is not None and len(split.valid) > 0
