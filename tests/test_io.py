@@ -213,7 +213,7 @@ def test_csv_tsv_with_columns_and_string_ids(tmp_path):
     with pytest.raises(DataError, match=r"column 'nope' \(for item\) is not in the header"):
         dio.read_table(p, columns=("uid", "nope"))
     bad = write(tmp_path / "bad.csv", "user,item,time\n1,2,3\n1,,4\n")
-    with pytest.raises(DataError, match=r"bad.csv line 3, field item: expected an id, got nothing"):
+    with pytest.raises(DataError, match=r"bad.csv line 3, field item: expected an id, got an empty or NaN"):
         dio.read_table(bad)
     bad = write(tmp_path / "bad2.csv", "user,item,time\n1,2,3\n1,3,soon\n")
     with pytest.raises(DataError, match=r"bad2.csv line 3, field time: expected a finite timestamp"):

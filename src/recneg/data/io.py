@@ -148,7 +148,7 @@ def _bad_row(df: pd.DataFrame, bad: np.ndarray, col, path: Path, field: str, exp
     k = int(np.flatnonzero(bad)[0])
     value = df[col].iloc[k]
     shown = (
-        "nothing (missing field)" if pd.isna(value) and not isinstance(value, str) else repr(_plain(value))
+        "an empty or NaN value" if pd.isna(value) and not isinstance(value, str) else repr(_plain(value))
     )
     raise DataError(
         f"{path} line {int(df['_line'].iloc[k])}, field {field}: expected {expected}, got {shown}"
