@@ -84,8 +84,9 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0) -> t
         return cls(params, lr=lr, weight_decay=weight_decay)
 
 
-def _stat_value(v) -> float:
-    return float(v.detach().float().mean()) if torch.is_tensor(v) else float(v)
+def _stat_value(v):
+    """A batch diagnostic as a float or a detached 0-d tensor (summed on device: no sync per batch)."""
+    return v.detach().float().mean() if torch.is_tensor(v) else float(v)
 
 
 def _clone_state(module: nn.Module) -> dict:
@@ -150,7 +151,7 @@ class Trainer:
         n_batches = max(n_batches, 1)
         sampler.on_epoch_start(self.epoch, model, self.sample_gen)
         total = torch.zeros((), device=self.device, dtype=torch.float64)
-        stats: dict[str, float] = {}
+        stats: dict = {}
         bar = None
         if cfg.progress:
             from tqdm.auto import tqdm
@@ -192,7 +193,7 @@ class Trainer:
             "pairs_per_second": n / seconds if seconds > 0 else None,
         }
         if stats:
-            record["sampler"] = {k: v / n_batches for k, v in stats.items()}
+            record["sampler"] = {k: float(v) / n_batches for k, v in stats.items()}
         return record
 
     def evaluate(self, part: str) -> EvalResult:
