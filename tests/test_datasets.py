@@ -211,7 +211,11 @@ def test_download_sha256_mismatch_is_rejected_and_leaves_nothing(tmp_path, monke
         DataError, match=r"downloaded u.data of ml-100k .* has sha256 [0-9a-f]{64}, expected 06416e59"
     ):
         load_dataset("ml-100k", data_dir=data, download=True)
-    assert list((data / "ml-100k").iterdir()) == []
+    assert not (data / "ml-100k").exists()  # no file, no temporaries, no empty folder
+    write(data / "ml-100k" / "README", "mine")  # an existing folder is kept, with only what was there
+    with pytest.raises(DataError, match="has sha256"):
+        load_dataset("ml-100k", data_dir=data, download=True)
+    assert [p.name for p in (data / "ml-100k").iterdir()] == ["README"]
 
 
 def test_download_size_and_git_sha1_checks(tmp_path, monkeypatch):
@@ -224,7 +228,7 @@ def test_download_size_and_git_sha1_checks(tmp_path, monkeypatch):
     )
     with pytest.raises(DataError, match=r"has 10 bytes, expected 11"):
         load_dataset("amazon-beauty-s3rec", data_dir=tmp_path / "d")
-    assert list((tmp_path / "d" / "amazon-beauty-s3rec").iterdir()) == []
+    assert not (tmp_path / "d" / "amazon-beauty-s3rec").exists()
     rf = ds.RemoteFile("Beauty.txt", raw.as_uri(), None, None, None, "0" * 40)
     monkeypatch.setitem(
         ds.SPECS, "amazon-beauty-s3rec", dataclasses.replace(ds.SPECS["amazon-beauty-s3rec"], files=(rf,))
@@ -251,7 +255,7 @@ def test_offline_download_is_a_clear_error(tmp_path, monkeypatch):
     msg = str(e.value)
     assert "download of https://raw.githubusercontent.com/kuandeng/LightGCN" in msg and "no network" in msg
     assert "put train.txt, test.txt into" in msg
-    assert list((tmp_path / "gowalla").iterdir()) == []
+    assert not (tmp_path / "gowalla").exists()
 
 
 def test_official_hashes_are_recorded():

@@ -329,6 +329,7 @@ def ensure_files(spec: DatasetSpec, folder: Path, download: bool = True) -> None
     if not download:
         raise DataError(_missing_message(spec, folder, missing, f"files missing in {folder}"))
     wanted = [rf for rf in spec.files if not (folder / rf.name).is_file()]
+    created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -370,10 +371,14 @@ def ensure_files(spec: DatasetSpec, folder: Path, download: bool = True) -> None
                 ready.append((out, rf))
         for out, rf in ready:  # everything verified: move into place
             os.replace(out, folder / rf.name)
+    except OSError as e:  # disk full, read-only folder, ...
+        raise DataError(_missing_message(spec, folder, missing, f"cannot write to {folder} ({e})")) from None
     finally:
         for t in temps:
             if t.exists():
                 t.unlink()
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()  # leave no empty folder behind after a failed download
 
 
 # ---------------------------------------------------------------------------------------------- load
