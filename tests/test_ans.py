@@ -505,7 +505,7 @@ def test_dens_gate_loss_by_hand(train):
         sp = torch.nn.functional.softplus
         terms = [sp(p_ir - p_r), sp(n_r - n_ir), sp(n_r - p_r), sp(p_ir - n_ir)]
         ref = sum(t.mean() for t in terms) / 4
-    assert float(neg.aux_loss) == pytest.approx(0.3 * float(ref), rel=1e-5)
+    assert float(neg.aux_loss.detach()) == pytest.approx(0.3 * float(ref), rel=1e-5)
     assert neg.stats["loss_gate"] == pytest.approx(float(ref), rel=1e-5)
 
 
