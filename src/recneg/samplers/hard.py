@@ -90,6 +90,44 @@ class _ProposalSampler(Sampler):
         return ids, probs[ids].log().float()
 
 
+def _stat(x: Tensor) -> Tensor:
+    """A per-batch diagnostic as a detached 0-d tensor (the trainer sums them on device: no sync)."""
+    return x.detach().float()
+
+
+def _reset_mirrors(module, incompatible_keys) -> None:
+    module._ready_py = None
+    module._epoch_py = None
+
+
+class _EpochState:
+    """Python mirrors of the scalar buffers ``initialized_`` and ``epoch_``, so ``forward`` reads them
+    without a device sync; the mirrors are dropped after ``load_state_dict`` and re-read once."""
+
+    def _init_mirrors(self) -> None:
+        self._ready_py: bool | None = None
+        self._epoch_py: int | None = None
+        self.register_load_state_dict_post_hook(_reset_mirrors)
+
+    def _ready(self) -> bool:
+        if self._ready_py is None:
+            self._ready_py = bool(self.initialized_)
+        return self._ready_py
+
+    def _set_ready(self, value: bool) -> None:
+        self.initialized_.fill_(value)
+        self._ready_py = value
+
+    def _epoch(self) -> int:
+        if self._epoch_py is None:
+            self._epoch_py = int(self.epoch_)
+        return self._epoch_py
+
+    def _set_epoch(self, epoch: int) -> None:
+        self.epoch_.fill_(int(epoch))
+        self._epoch_py = int(epoch)
+
+
 def _user_chunks(n_users: int, device, size: int = _CHUNK):
     for start in range(0, n_users, size):
         yield torch.arange(start, min(start + size, n_users), device=device)
@@ -161,8 +199,8 @@ def _topk_negatives(pool: Tensor, scores: Tensor, k: int, view: ModelView, weigh
     top = scores.topk(k, dim=1)
     ids = pool.gather(1, top.indices)
     stats = {
-        "pool_score_spread": float((scores.max(1).values - scores.min(1).values).mean()),
-        "chosen_minus_pool_mean": float((top.values.mean(1) - scores.mean(1)).mean()),
+        "pool_score_spread": _stat((scores.max(1).values - scores.min(1).values).mean()),
+        "chosen_minus_pool_mean": _stat((top.values.mean(1) - scores.mean(1)).mean()),
     }
     weight = None
     if weighted:
@@ -299,9 +337,9 @@ class SoftmaxVSampler(_ProposalSampler):
             losses = F.softplus(scores - pos_score)
             weight = softmax_v_weights(losses, self.config.rho, log_q).to(view.user_emb.dtype)
             stats = {
-                "weight_max": float(weight.max(1).values.mean()),
-                "weight_entropy": float(-(weight * weight.clamp_min(1e-30).log()).sum(1).mean()),
-                "pool_score_spread": float((scores.max(1).values - scores.min(1).values).mean()),
+                "weight_max": _stat(weight.max(1).values.mean()),
+                "weight_entropy": _stat(-(weight * weight.clamp_min(1e-30).log()).sum(1).mean()),
+                "pool_score_spread": _stat((scores.max(1).values - scores.min(1).values).mean()),
             }
         return Negatives(emb=view.item_emb(pool), ids=pool, weight=weight, stats=stats)
 
@@ -330,7 +368,7 @@ class SRNSConfig:
 
 
 @SAMPLERS.register("srns", config=SRNSConfig, help="SRNS: memory of hard negatives, score-std boosted choice")
-class SRNSSampler(Sampler):
+class SRNSSampler(_EpochState, Sampler):
     """SRNS: a per-user memory of ``S1`` candidates and a variance-boosted choice (ALGORITHMS.md §7.3).
 
     For a pair ``(u, i)`` and the memory ``M_u`` (``S1`` items from ``uniform_excl``):
@@ -382,6 +420,7 @@ class SRNSSampler(Sampler):
         self.register_buffer("epoch_", torch.zeros((), dtype=torch.long))
         self.register_buffer("n_records_", torch.zeros((), dtype=torch.long))
         self.register_buffer("initialized_", torch.zeros((), dtype=torch.bool))
+        self._init_mirrors()
 
     def bind(self, train) -> SRNSSampler:
         super().bind(train)
@@ -390,9 +429,9 @@ class SRNSSampler(Sampler):
         self.memory_ = torch.zeros(train.n_users, s1, dtype=torch.long, device=dev)
         self.hist_ = torch.full((train.n_users, s1, h), float("nan"), device=dev)
         self.pos_hist_ = torch.full((int(train.csr.nnz), h), float("nan"), device=dev)
-        self.initialized_.fill_(False)
+        self._set_ready(False)
         self.n_records_.zero_()
-        self.epoch_.zero_()
+        self._set_epoch(0)
         return self
 
     # ---------------------------------------------------------------- epoch-level state
@@ -401,7 +440,7 @@ class SRNSSampler(Sampler):
         for u in _user_chunks(index.n_users, self.memory_.device):
             self.memory_[u] = uniform_pool(index, u, self.config.memory_size, generator)
         self.hist_.fill_(float("nan"))
-        self.initialized_.fill_(True)
+        self._set_ready(True)
 
     @torch.no_grad()
     def _update_memory(self, user_table: Tensor, item_table: Tensor, generator) -> None:
@@ -440,8 +479,8 @@ class SRNSSampler(Sampler):
     def on_epoch_start(self, epoch: int, model, generator=None) -> None:
         user_table, item_table = model.tables()
         user_table, item_table = user_table.to(self.memory_.device), item_table.to(self.memory_.device)
-        self.epoch_.fill_(int(epoch))
-        if not bool(self.initialized_):
+        self._set_epoch(epoch)
+        if not self._ready():
             self._init_memory(generator)
         else:
             self._update_memory(user_table, item_table, generator)
@@ -466,7 +505,7 @@ class SRNSSampler(Sampler):
     def forward(self, users: Tensor, pos: Tensor, view: ModelView, generator=None) -> Negatives:
         if self.train_ is None:
             self.positives(users.device)  # raises the "not bound" error
-        if not bool(self.initialized_):
+        if not self._ready():
             self._init_memory(generator)
         mem = self.memory_[users]  # [B, S1]
         scores = view.score(mem)
@@ -474,14 +513,14 @@ class SRNSSampler(Sampler):
             pos_score = (view.user_emb.detach() * view.pos_emb.detach()).sum(-1, keepdim=True)
             p_now = torch.sigmoid(scores - pos_score)
             std = self.score_std(users, pos).to(p_now.dtype)
-            ramp = 1.0 if self.config.warmup == 0 else min(1.0, int(self.epoch_) / self.config.warmup)
+            ramp = 1.0 if self.config.warmup == 0 else min(1.0, self._epoch() / self.config.warmup)
             crit = p_now + self.config.std_weight * ramp * std
             choice = crit.argmax(1, keepdim=True)
             ids = mem.gather(1, choice)
             stats = {
-                "memory_std_mean": float(std.mean()),
-                "chosen_p_now": float(p_now.gather(1, choice).mean()),
-                "chosen_is_argmax_score": float((choice.squeeze(1) == scores.argmax(1)).float().mean()),
+                "memory_std_mean": _stat(std.mean()),
+                "chosen_p_now": _stat(p_now.gather(1, choice).mean()),
+                "chosen_is_argmax_score": _stat((choice.squeeze(1) == scores.argmax(1)).float().mean()),
             }
         return Negatives(emb=view.item_emb(ids), ids=ids, stats=stats)
 
@@ -580,11 +619,11 @@ class PRISSampler(_ProposalSampler):
         pos_score = (view.user_emb.detach() * view.pos_emb.detach()).sum(-1)
         weight = adasir_weights(scores, pos_score, log_q, self.config.lambda_w).to(view.user_emb.dtype)
         return Negatives(emb=view.item_emb(ids), ids=ids, weight=weight, log_q=log_q,
-                         stats={"weight_max": float(weight.max(1).values.mean())})
+                         stats={"weight_max": _stat(weight.max(1).values.mean())})
 
 
 @SAMPLERS.register("adasir", config=AdaSIRConfig, help="AdaSIR: per-user pools by importance resampling")
-class AdaSIRSampler(_ProposalSampler):
+class AdaSIRSampler(_EpochState, _ProposalSampler):
     """AdaSIR: per-epoch per-user pools built by importance resampling, weighted BPR over pool draws.
 
     Each epoch (:meth:`on_epoch_start`), per user: ``sample_size`` draws from ``Q`` (uniform or popularity,
@@ -623,6 +662,7 @@ class AdaSIRSampler(_ProposalSampler):
         self.register_buffer("pool_", torch.zeros(0, p, dtype=torch.long))
         self.register_buffer("pool_w_", torch.zeros(0, p))
         self.register_buffer("initialized_", torch.zeros((), dtype=torch.bool))
+        self._init_mirrors()
 
     def bind(self, train) -> AdaSIRSampler:
         super().bind(train)
@@ -630,7 +670,7 @@ class AdaSIRSampler(_ProposalSampler):
         self.pool_ = torch.zeros(train.n_users, self.config.pool_size, dtype=torch.long, device=dev)
         p = self.config.pool_size
         self.pool_w_ = torch.full((train.n_users, p), 1.0 / p, device=dev)
-        self.initialized_.fill_(False)
+        self._set_ready(False)
         return self
 
     @torch.no_grad()
@@ -638,7 +678,7 @@ class AdaSIRSampler(_ProposalSampler):
         """Rebuild (first call) or mix (later calls) every user's pool from fresh proposal draws."""
         dev = self.pool_.device
         index = self.positives(dev)
-        first = not bool(self.initialized_)
+        first = not self._ready()
         p = self.config.pool_size
         for u in _user_chunks(index.n_users, dev):
             draws, log_q = self._draw(u, self.config.sample_size, generator)
@@ -652,14 +692,14 @@ class AdaSIRSampler(_ProposalSampler):
                 pick = torch.randint(0, 2 * p, (u.numel(), p), device=dev, generator=generator)
                 self.pool_[u] = torch.cat([self.pool_[u], new_ids], 1).gather(1, pick)
                 self.pool_w_[u] = torch.cat([self.pool_w_[u], new_w], 1).gather(1, pick)
-        self.initialized_.fill_(True)
+        self._set_ready(True)
 
     def on_epoch_start(self, epoch: int, model, generator=None) -> None:
         user_table, item_table = model.tables()
         self.refresh(user_table.to(self.pool_.device), item_table.to(self.pool_.device), generator)
 
     def forward(self, users: Tensor, pos: Tensor, view: ModelView, generator=None) -> Negatives:
-        if not bool(self.initialized_):
+        if not self._ready():
             raise ConfigError(
                 "adasir: the pools are empty; the trainer must call on_epoch_start(epoch, model) before "
                 "the first batch"
@@ -675,7 +715,7 @@ class AdaSIRSampler(_ProposalSampler):
         log_c = None if mode == "none" else (w.clamp_min(1e-30).log() * (1.0 if mode == "paper" else -1.0))
         weight = adasir_weights(scores, pos_score, log_c, self.config.lambda_w).to(view.user_emb.dtype)
         return Negatives(emb=view.item_emb(ids), ids=ids, weight=weight,
-                         stats={"weight_max": float(weight.max(1).values.mean())})
+                         stats={"weight_max": _stat(weight.max(1).values.mean())})
 
 
 # ============================================================================================ GDNS
@@ -698,7 +738,7 @@ class GDNSConfig:
 
 
 @SAMPLERS.register("gdns", config=GDNSConfig, help="GDNS (from its abstract): hardness + expectational gain")
-class GDNSSampler(Sampler):
+class GDNSSampler(_EpochState, Sampler):
     """A modest reading of GDNS (Zhu et al., WWW 2022) from its public abstract and ALGORITHMS.md §7.6 [U].
 
     What the public text says: GDNS "designs an expectational gain sampler, concerning the expectation of
@@ -740,6 +780,7 @@ class GDNSSampler(Sampler):
         self.register_buffer("fresh_", torch.zeros(0, s, dtype=torch.bool))
         self.register_buffer("epoch_", torch.zeros((), dtype=torch.long))
         self.register_buffer("initialized_", torch.zeros((), dtype=torch.bool))
+        self._init_mirrors()
 
     def bind(self, train) -> GDNSSampler:
         super().bind(train)
@@ -748,8 +789,8 @@ class GDNSSampler(Sampler):
         self.gap_ = torch.zeros(train.n_users, s, device=dev)
         self.gain_ = torch.zeros(train.n_users, s, device=dev)
         self.fresh_ = torch.ones(train.n_users, s, dtype=torch.bool, device=dev)
-        self.initialized_.fill_(False)
-        self.epoch_.zero_()
+        self._set_ready(False)
+        self._set_epoch(0)
         return self
 
     def _init_memory(self, generator) -> None:
@@ -758,7 +799,7 @@ class GDNSSampler(Sampler):
             self.memory_[u] = uniform_pool(index, u, self.config.memory_size, generator)
         self.gain_.zero_()
         self.fresh_.fill_(True)
-        self.initialized_.fill_(True)
+        self._set_ready(True)
 
     @torch.no_grad()
     def expected_gap(self, user_table: Tensor, item_table: Tensor) -> Tensor:
@@ -784,8 +825,8 @@ class GDNSSampler(Sampler):
     def on_epoch_start(self, epoch: int, model, generator=None) -> None:
         user_table, item_table = model.tables()
         user_table, item_table = user_table.to(self.memory_.device), item_table.to(self.memory_.device)
-        self.epoch_.fill_(int(epoch))
-        if not bool(self.initialized_):
+        self._set_epoch(epoch)
+        if not self._ready():
             self._init_memory(generator)
         gap = self.expected_gap(user_table, item_table)
         self.gain_ = torch.where(self.fresh_, torch.zeros_like(gap), self.gap_ - gap)
@@ -804,20 +845,20 @@ class GDNSSampler(Sampler):
     def forward(self, users: Tensor, pos: Tensor, view: ModelView, generator=None) -> Negatives:
         if self.train_ is None:
             self.positives(users.device)
-        if not bool(self.initialized_):
+        if not self._ready():
             self._init_memory(generator)
         mem = self.memory_[users]
         scores = view.score(mem)
         with torch.no_grad():
             pos_score = (view.user_emb.detach() * view.pos_emb.detach()).sum(-1, keepdim=True)
             hard = torch.sigmoid(scores - pos_score)
-            ramp = 1.0 if self.config.warmup == 0 else min(1.0, int(self.epoch_) / self.config.warmup)
+            ramp = 1.0 if self.config.warmup == 0 else min(1.0, self._epoch() / self.config.warmup)
             gain = self.gain_[users].to(hard.dtype)
             choice = (hard + self.config.gain_weight * ramp * gain).argmax(1, keepdim=True)
             ids = mem.gather(1, choice)
             stats = {
-                "gain_mean": float(gain.mean()),
-                "suspect_fraction": float((gain < 0).float().mean()),
-                "chosen_hardness": float(hard.gather(1, choice).mean()),
+                "gain_mean": _stat(gain.mean()),
+                "suspect_fraction": _stat((gain < 0).float().mean()),
+                "chosen_hardness": _stat(hard.gather(1, choice).mean()),
             }
         return Negatives(emb=view.item_emb(ids), ids=ids, stats=stats)
