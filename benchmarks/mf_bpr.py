@@ -26,12 +26,27 @@ from recneg.eval.ranking import evaluate
 from recneg.train import Trainer
 
 PROTOCOLS = {
-    "ml-100k": dict(dataset="ml-100k", split="random", valid_ratio=0.1, test_ratio=0.1,
-                    train=dict(epochs=300, eval_every=5, patience=10)),
-    "ml-100k-recbole": dict(dataset="ml-100k", split="random", valid_ratio=0.0, test_ratio=0.2,
-                            train=dict(epochs=50, eval_every=10, patience=0)),
-    "gowalla": dict(dataset="gowalla", split="auto", valid_ratio=0.0, test_ratio=0.1,
-                    train=dict(epochs=60, eval_every=10, patience=0)),
+    "ml-100k": dict(
+        dataset="ml-100k",
+        split="random",
+        valid_ratio=0.1,
+        test_ratio=0.1,
+        train=dict(epochs=300, eval_every=5, patience=10),
+    ),
+    "ml-100k-recbole": dict(
+        dataset="ml-100k",
+        split="random",
+        valid_ratio=0.0,
+        test_ratio=0.2,
+        train=dict(epochs=50, eval_every=10, patience=0),
+    ),
+    "gowalla": dict(
+        dataset="gowalla",
+        split="auto",
+        valid_ratio=0.0,
+        test_ratio=0.1,
+        train=dict(epochs=60, eval_every=10, patience=0),
+    ),
 }
 
 
@@ -46,8 +61,15 @@ def bare_eval_seconds(model, split, k=50, chunk=1024) -> float:
 
 
 def run_protocol(name: str, spec: dict, data_dir: str, threads: int, lr: float, epochs: int | None) -> dict:
-    split = load_dataset(spec["dataset"], data_dir=data_dir, split=spec["split"], valid_ratio=spec["valid_ratio"],
-                         test_ratio=spec["test_ratio"], seed=0, download=False)
+    split = load_dataset(
+        spec["dataset"],
+        data_dir=data_dir,
+        split=spec["split"],
+        valid_ratio=spec["valid_ratio"],
+        test_ratio=spec["test_ratio"],
+        seed=0,
+        download=False,
+    )
     train_kw = dict(spec["train"])
     if epochs:
         train_kw["epochs"] = epochs
@@ -100,8 +122,19 @@ def main(argv=None) -> None:
         print({k: v for k, v in row.items() if k != "curve_recall@20"}, flush=True)
         rows.append(row)
     stamp = machine_stamp(args.threads)
-    cols = ["protocol", "lr", "epochs_run", "best_epoch", "seconds_per_epoch", "eval_seconds",
-            "bare_matmul_topk_seconds", "eval_over_bare", "peak_rss_mb", "test_recall@20", "test_ndcg@20"]
+    cols = [
+        "protocol",
+        "lr",
+        "epochs_run",
+        "best_epoch",
+        "seconds_per_epoch",
+        "eval_seconds",
+        "bare_matmul_topk_seconds",
+        "eval_over_bare",
+        "peak_rss_mb",
+        "test_recall@20",
+        "test_ndcg@20",
+    ]
     cmd = "python -m benchmarks.mf_bpr " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
     md = f"# MF-BPR, uniform negatives\n\nCommand: `{cmd}`\n\nMachine: {stamp}\n\n" + md_table(rows, cols)
     j, m = write_results(args.name, {"machine": stamp, "command": cmd, "rows": rows}, md)

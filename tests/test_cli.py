@@ -8,14 +8,27 @@ from recneg.cli import main
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "recneg", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "recneg", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def test_train_default_end_to_end_beats_popularity(tmp_path, capsys):
     # the built-in default job (synthetic data), shortened
-    rc = main(["train", "--epochs", "20", "--lr", "0.005", "--threads", "1", "--no-progress",
-               "--out", str(tmp_path / "run")])
+    rc = main(
+        [
+            "train",
+            "--epochs",
+            "20",
+            "--lr",
+            "0.005",
+            "--threads",
+            "1",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "recall" in out and "ndcg" in out and "@20" in out
@@ -27,7 +40,9 @@ def test_train_default_end_to_end_beats_popularity(tmp_path, capsys):
 
     split = load_dataset("synthetic")
     pop = torch.tensor(split.train.item_counts, dtype=torch.float32).unsqueeze(1)
-    base = evaluate_tables(torch.ones(split.n_users, 1), pop, split.test, [split.train, split.valid], topk=(20,))
+    base = evaluate_tables(
+        torch.ones(split.n_users, 1), pop, split.test, [split.train, split.valid], topk=(20,)
+    )
     assert metrics["test"]["recall@20"] > 2 * base.metrics["recall@20"]
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["train"]["threads"] == 1 and config["sampler"]["name"] == "uniform"
@@ -64,8 +79,10 @@ def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
 
 def test_config_file_and_flag_override(tmp_path, capsys):
     cfg = tmp_path / "run.toml"
-    cfg.write_text('[sampler]\nname = "popularity"\nalpha = 0.5\n[train]\nepochs = 2\nbatch_size = 512\n'
-                   'progress = false\nthreads = 1\n')
+    cfg.write_text(
+        '[sampler]\nname = "popularity"\nalpha = 0.5\n[train]\nepochs = 2\nbatch_size = 512\n'
+        "progress = false\nthreads = 1\n"
+    )
     assert main(["train", "--config", str(cfg), "--epochs", "1", "--out", str(tmp_path / "r")]) == 0
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
     assert saved["sampler"] == {"name": "popularity", "alpha": 0.5}

@@ -16,7 +16,9 @@ def test_one_user_ten_items_by_hand():
     items = torch.arange(10, dtype=torch.float32).unsqueeze(1)
     user_table = torch.ones(1, 1)
     target = Interactions([0, 0, 0], [8, 5, 0], n_users=1, n_items=10)
-    res = evaluate_tables(user_table, items, target, exclude=None, topk=(1, 3, 5, 10), deterministic_ties=True)
+    res = evaluate_tables(
+        user_table, items, target, exclude=None, topk=(1, 3, 5, 10), deterministic_ties=True
+    )
     m = res.metrics
     assert users.shape == (1, 1)
     # ranks: 9→1, 8→2, 7→3, 6→4, 5→5, ..., 0→10; hits at ranks 2, 5, 10

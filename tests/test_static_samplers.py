@@ -24,7 +24,9 @@ def _view(train, users, pos, dim=4):
 )
 def test_uniform_never_returns_a_training_positive(n_users, n_items, data):
     # each user keeps at least one non-positive item
-    pairs = data.draw(st.sets(st.tuples(st.integers(0, n_users - 1), st.integers(0, n_items - 1)), max_size=40))
+    pairs = data.draw(
+        st.sets(st.tuples(st.integers(0, n_users - 1), st.integers(0, n_items - 1)), max_size=40)
+    )
     pairs = {(u, i) for u, i in pairs if i < n_items - 1 or u % 2}  # never all items for any user
     pairs = [(u, i) for u, i in pairs if sum(1 for uu, _ in pairs if uu == u) < n_items]
     users = np.array([p[0] for p in pairs], dtype=np.int64)
@@ -38,7 +40,12 @@ def test_uniform_never_returns_a_training_positive(n_users, n_items, data):
         batch_users = torch.arange(n_users).repeat(3)
         pos = torch.zeros_like(batch_users)
         try:
-            neg = sampler(batch_users, pos, _view(train, batch_users, pos), generator=torch.Generator().manual_seed(seed))
+            neg = sampler(
+                batch_users,
+                pos,
+                _view(train, batch_users, pos),
+                generator=torch.Generator().manual_seed(seed),
+            )
         except DataError:
             # popularity: a user whose positives hold all the proposal's mass has no drawable negative
             assert name == "popularity"
@@ -59,8 +66,13 @@ def test_uniform_is_uniform_over_non_positives(tiny_train):
 
 
 def test_without_exclusion_positives_are_drawn(tiny_train):
-    ids = uniform_pool(tiny_train.positives("cpu"), torch.zeros(2000, dtype=torch.long), 1,
-                       torch.Generator().manual_seed(0), exclude_positives=False)
+    ids = uniform_pool(
+        tiny_train.positives("cpu"),
+        torch.zeros(2000, dtype=torch.long),
+        1,
+        torch.Generator().manual_seed(0),
+        exclude_positives=False,
+    )
     assert {1, 2} <= set(ids.unique().tolist())
 
 
@@ -82,7 +94,7 @@ def test_popularity_matches_its_distribution():
     expected = p / p.sum() * observed.sum()
     assert stats.chisquare(observed[1:6], expected).pvalue > 1e-3
     # log_q is the proposal's log probability
-    expected_q = (counts ** alpha) / (counts ** alpha).sum()
+    expected_q = (counts**alpha) / (counts**alpha).sum()
     np.testing.assert_allclose(neg.log_q[:5, 0].exp().numpy(), expected_q[neg.ids[:5, 0].numpy()], rtol=1e-5)
 
 
@@ -106,6 +118,10 @@ def test_sampler_settings_are_validated_with_suggestions():
 
 
 def test_same_generator_seed_same_draws(tiny_train):
-    a = uniform_pool(tiny_train.positives("cpu"), torch.tensor([0, 1, 2]), 5, torch.Generator().manual_seed(3))
-    b = uniform_pool(tiny_train.positives("cpu"), torch.tensor([0, 1, 2]), 5, torch.Generator().manual_seed(3))
+    a = uniform_pool(
+        tiny_train.positives("cpu"), torch.tensor([0, 1, 2]), 5, torch.Generator().manual_seed(3)
+    )
+    b = uniform_pool(
+        tiny_train.positives("cpu"), torch.tensor([0, 1, 2]), 5, torch.Generator().manual_seed(3)
+    )
     assert torch.equal(a, b)

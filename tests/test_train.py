@@ -30,8 +30,13 @@ def test_training_learns_beyond_popularity(small_split):
     from recneg.eval.ranking import evaluate_tables
 
     pop = torch.tensor(small_split.train.item_counts, dtype=torch.float32).unsqueeze(1)
-    base = evaluate_tables(torch.ones(small_split.n_users, 1), pop, small_split.test,
-                           [small_split.train, small_split.valid], topk=(20,))
+    base = evaluate_tables(
+        torch.ones(small_split.n_users, 1),
+        pop,
+        small_split.test,
+        [small_split.train, small_split.valid],
+        topk=(20,),
+    )
     assert res.test["recall@20"] > 1.5 * base.metrics["recall@20"]
     assert res.history[-1]["loss"] < res.history[0]["loss"]
 
@@ -93,7 +98,9 @@ def test_resume_after_crash_gives_the_same_result(small_split, tmp_path, monkeyp
         trainer.run()
     monkeypatch.setattr(Trainer, "train_epoch", original)
     model2 = recneg.build_model("mf", small_split.train, dim=16)
-    resumed = Trainer(model2, recneg.build_sampler("uniform"), small_split, config=cfg, out_dir=tmp_path / "b")
+    resumed = Trainer(
+        model2, recneg.build_sampler("uniform"), small_split, config=cfg, out_dir=tmp_path / "b"
+    )
     assert resumed.resume_from(tmp_path / "b")
     assert resumed.epoch == 4
     res = resumed.run()

@@ -17,14 +17,31 @@ from recneg.errors import ConfigError, RecnegError
 
 # flag -> (section, key)
 TRAIN_FLAGS = {
-    "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "reg": "reg", "seed": "seed", "device": "device",
-    "threads": "threads", "eval_every": "eval_every", "patience": "patience", "topk": "topk",
-    "optimizer": "optimizer", "metric": "metric", "weight_decay": "weight_decay",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "reg": "reg",
+    "seed": "seed",
+    "device": "device",
+    "threads": "threads",
+    "eval_every": "eval_every",
+    "patience": "patience",
+    "topk": "topk",
+    "optimizer": "optimizer",
+    "metric": "metric",
+    "weight_decay": "weight_decay",
 }
 DATA_FLAGS = {
-    "dataset": "dataset", "data_dir": "data_dir", "split": "split", "valid_ratio": "valid_ratio",
-    "test_ratio": "test_ratio", "threshold": "threshold", "columns": "columns", "split_seed": "seed",
-    "min_user": "min_user", "min_item": "min_item",
+    "dataset": "dataset",
+    "data_dir": "data_dir",
+    "split": "split",
+    "valid_ratio": "valid_ratio",
+    "test_ratio": "test_ratio",
+    "threshold": "threshold",
+    "columns": "columns",
+    "split_seed": "seed",
+    "min_user": "min_user",
+    "min_item": "min_item",
 }
 
 
@@ -47,7 +64,9 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--data-dir", help="folder holding named datasets (default $RECNEG_DATA or a user cache)")
     g.add_argument("--split", help="auto | random | temporal | latest | loo")
     g.add_argument("--split-seed", type=int, help="seed of the data split (default 0)")
-    g.add_argument("--valid-ratio", type=float, help="share of each user's train carved as validation (0 = none)")
+    g.add_argument(
+        "--valid-ratio", type=float, help="share of each user's train carved as validation (0 = none)"
+    )
     g.add_argument("--test-ratio", type=float, help="test share of a random per-user split")
     g.add_argument("--threshold", type=float, help="keep ratings >= threshold as positives")
     g.add_argument("--min-user", type=int, help="k-core: minimum interactions per user")
@@ -58,7 +77,9 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--model-arg", action="append", metavar="K=V", help="model setting (repeatable)")
     g.add_argument("--dim", type=int, help="embedding size (model setting dim)")
     g.add_argument("--sampler", help="sampler name (default uniform)")
-    g.add_argument("--sampler-arg", action="append", metavar="K=V", help="sampler setting, e.g. n_candidates=32")
+    g.add_argument(
+        "--sampler-arg", action="append", metavar="K=V", help="sampler setting, e.g. n_candidates=32"
+    )
     g.add_argument("--loss", help="loss name (default bpr)")
     g.add_argument("--loss-arg", action="append", metavar="K=V", help="loss setting, e.g. beta=0.1")
     g = p.add_argument_group("training")
@@ -75,7 +96,9 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--patience", type=int, help="evaluations without improvement before stopping")
     g.add_argument("--metric", help="early-stopping metric, e.g. recall@20")
     g.add_argument("--topk", help="comma list of K (default 10,20,50)")
-    g.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/<dataset>-<model>-<sampler>-<time>)")
+    g.add_argument(
+        "--out", metavar="RUN_DIR", help="run folder (default runs/<dataset>-<model>-<sampler>-<time>)"
+    )
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -127,7 +150,9 @@ def format_metrics(metrics: dict, title: str = "") -> str:
     ks = sorted({k for r in rows.values() for k in r})
     lines = [f"{title}{'metric':<10}" + "".join(f"{'@' + str(k):>10}" for k in ks)]
     for name, vals in rows.items():
-        lines.append(" " * len(title) + f"{name:<10}" + "".join(f"{vals.get(k, float('nan')):>10.4f}" for k in ks))
+        lines.append(
+            " " * len(title) + f"{name:<10}" + "".join(f"{vals.get(k, float('nan')):>10.4f}" for k in ks)
+        )
     return "\n".join(lines)
 
 
@@ -136,11 +161,14 @@ def cmd_train(args) -> int:
 
     if args.resume:
         others = [
-            a for a, v in vars(args).items()
+            a
+            for a, v in vars(args).items()
             if a not in ("resume", "command", "func", "no_progress") and v not in (None, False)
         ]
         if others:
-            raise ConfigError(f"--resume takes no other flags (the run's saved config is used), got --{others[0]}")
+            raise ConfigError(
+                f"--resume takes no other flags (the run's saved config is used), got --{others[0]}"
+            )
         result, finished = resume(args.resume)
         if finished is not None:
             print(f"run {args.resume} had already finished; its metrics:")
@@ -149,8 +177,13 @@ def cmd_train(args) -> int:
         out = Path(args.resume)
     else:
         cfg = build_run_config(args)
-        out = Path(args.out) if args.out else Path("runs") / (
-            f"{Path(cfg.data.dataset).name}-{cfg.model.name}-{cfg.sampler.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = (
+            Path(args.out)
+            if args.out
+            else Path("runs")
+            / (
+                f"{Path(cfg.data.dataset).name}-{cfg.model.name}-{cfg.sampler.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            )
         )
         result = run(cfg, out)
     if result.valid:
@@ -195,7 +228,7 @@ def cmd_list(args) -> int:
     registry = {"samplers": SAMPLERS, "models": MODELS, "losses": LOSSES}[args.kind]
     for entry in registry.entries():
         print(f"{entry.name:<14} {entry.help}")
-        for field_name, type_name, default, help_text in entry.describe():
+        for field_name, _type_name, default, help_text in entry.describe():
             print(f"    {field_name} = {default!r:<10} {help_text}")
     return 0
 
@@ -203,7 +236,9 @@ def cmd_list(args) -> int:
 def cmd_data(args) -> int:
     from recneg.data.datasets import describe, load_dataset
 
-    split = load_dataset(args.dataset, data_dir=args.data_dir, split=args.split, download=not args.no_download)
+    split = load_dataset(
+        args.dataset, data_dir=args.data_dir, split=args.split, download=not args.no_download
+    )
     stats = describe(split)
     width = max(len(k) for k in stats)
     for key, value in stats.items():

@@ -53,7 +53,9 @@ class TrainConfig:
     reg: float = field(default=1e-4, metadata={"help": "λ of the R1 regulariser (½‖·‖² of batch rows / B)"})
     weight_decay: float = field(default=0.0, metadata={"help": "optimiser weight decay (R3), 0 = off"})
     eval_every: int = field(default=5, metadata={"help": "evaluate every E epochs (and after the last)"})
-    patience: int = field(default=5, metadata={"help": "evaluations without improvement before stopping (0 = off)"})
+    patience: int = field(
+        default=5, metadata={"help": "evaluations without improvement before stopping (0 = off)"}
+    )
     metric: str = field(default="recall@20", metadata={"help": "early-stopping metric"})
     topk: tuple[int, ...] = field(default=(10, 20, 50), metadata={"help": "cut-offs K of the metrics"})
     seed: int = field(default=0, metadata={"help": "random seed (same seed ⇒ same metrics on CPU)"})
@@ -91,9 +93,13 @@ class TrainConfig:
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = field(default="synthetic", metadata={"help": "a named dataset or a path"})
-    data_dir: str | None = field(default=None, metadata={"help": "folder of named datasets (env RECNEG_DATA)"})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "folder of named datasets (env RECNEG_DATA)"}
+    )
     split: str = field(default="auto", metadata={"help": "auto | random | temporal | latest | loo"})
-    valid_ratio: float = field(default=0.1, metadata={"help": "share of each user's train carved as validation"})
+    valid_ratio: float = field(
+        default=0.1, metadata={"help": "share of each user's train carved as validation"}
+    )
     test_ratio: float = field(default=0.1, metadata={"help": "test share of a random per-user split"})
     threshold: float | None = field(default=None, metadata={"help": "keep ratings >= threshold as positives"})
     min_user: int = field(default=0, metadata={"help": "k-core: minimum interactions per user"})
@@ -140,7 +146,9 @@ class RunConfig:
         sections = {"data", "model", "sampler", "loss", "train"}
         for key in raw:
             if key not in sections:
-                raise ConfigError(f"{source}: unknown section [{key}]{suggest(key, sections)}; valid: {sorted(sections)}")
+                raise ConfigError(
+                    f"{source}: unknown section [{key}]{suggest(key, sections)}; valid: {sorted(sections)}"
+                )
         for key, value in raw.items():
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: [{key}] must be a table of settings, got {value!r}")
@@ -173,4 +181,6 @@ def load_config_file(path: str | Path) -> dict:
             return json.loads(text)
         return tomllib.loads(text.decode("utf-8"))
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: not a valid {'JSON' if p.suffix == '.json' else 'TOML'} file: {exc}") from None
+        raise ConfigError(
+            f"{p}: not a valid {'JSON' if p.suffix == '.json' else 'TOML'} file: {exc}"
+        ) from None

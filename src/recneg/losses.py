@@ -7,7 +7,8 @@ Every loss is an ``nn.Module`` with a functional twin and a ``reduction`` (``"me
   (plain BPR when ``n = 1``; weighted BPR over candidate weights otherwise);
 - (L4) ``softbpr``: ``softplus(−β (r_ui − r_uj))`` (PDNS's equivalent form);
 - (L2) ``kpair``: ``log(1 + Σ_k exp(r_uj_k − r_ui))`` (MixGCF/DENS code);
-- (R1) :func:`l2_regularization`: ``λ · ½ (‖e_u⁰‖² + ‖e_i⁰‖² + Σ_j w_bj ‖e_j⁰‖²) / B`` on the batch's layer-0 rows.
+- (R1) :func:`l2_regularization`: ``λ · ½ (‖e_u⁰‖² + ‖e_i⁰‖² + Σ_j w_bj ‖e_j⁰‖²) / B`` on the batch's
+  layer-0 rows.
 
 ``softplus`` is used instead of ``−log σ`` so the loss never saturates (RecBole's ``−log(1e-10 + σ)`` does).
 """
@@ -96,7 +97,11 @@ def l2_regularization(view: ModelView, neg: Negatives, reg: float) -> Tensor:
     users0, pos0 = view.user_ego, view.pos_ego
     total = users0.pow(2).sum() + pos0.pow(2).sum()
     if not neg.shared:
-        neg0 = neg.reg_emb if neg.reg_emb is not None else (view.item_ego(neg.ids) if neg.ids is not None else None)
+        neg0 = (
+            neg.reg_emb
+            if neg.reg_emb is not None
+            else (view.item_ego(neg.ids) if neg.ids is not None else None)
+        )
         if neg0 is not None:
             sq = neg0.pow(2).sum(-1)  # [B, n]
             total = total + (sq * _weights(neg, sq)).sum()
@@ -125,7 +130,9 @@ class BPRLoss(nn.Module):
 
 @dataclass(frozen=True)
 class SoftBPRConfig:
-    beta: float = field(default=0.1, metadata={"help": "softening factor β = 1 − α, in (0, 1]; PDNS grid 0.01–0.4"})
+    beta: float = field(
+        default=0.1, metadata={"help": "softening factor β = 1 − α, in (0, 1]; PDNS grid 0.01–0.4"}
+    )
     reduction: str = field(default="mean", metadata={"help": "mean | sum | none over the batch"})
 
     def __post_init__(self):

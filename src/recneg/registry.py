@@ -119,7 +119,9 @@ class Entry:
         rows = []
         for f in dataclasses.fields(self.config):
             default = f.default if f.default is not dataclasses.MISSING else None
-            rows.append((f.name, getattr(f.type, "__name__", str(f.type)), default, f.metadata.get("help", "")))
+            rows.append(
+                (f.name, getattr(f.type, "__name__", str(f.type)), default, f.metadata.get("help", ""))
+            )
         return rows
 
 

@@ -122,7 +122,9 @@ class Trainer:
         if len(split.train) == 0:
             raise ConfigError("the training part is empty: nothing to train on")
         cfg = self.config
-        params = [p for p in list(self.model.parameters()) + list(self.sampler.parameters()) if p.requires_grad]
+        params = [
+            p for p in list(self.model.parameters()) + list(self.sampler.parameters()) if p.requires_grad
+        ]
         self.optimizer = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay)
         self.train_users = torch.as_tensor(split.train.users, device=self.device)
         self.train_items = torch.as_tensor(split.train.items, device=self.device)
@@ -177,7 +179,10 @@ class Trainer:
                 bar.update(1)
                 if b % 20 == 0 or b == n_batches - 1:
                     elapsed = max(time.perf_counter() - start, 1e-9)
-                    bar.set_postfix(loss=f"{float(total) / (b + 1):.4f}", pairs_s=f"{(b + 1) * cfg.batch_size / elapsed:,.0f}")
+                    bar.set_postfix(
+                        loss=f"{float(total) / (b + 1):.4f}",
+                        pairs_s=f"{(b + 1) * cfg.batch_size / elapsed:,.0f}",
+                    )
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
@@ -185,7 +190,9 @@ class Trainer:
             bar.close()
         mean_loss = float(total) / n_batches
         if not math.isfinite(mean_loss):
-            raise FloatingPointError(f"training loss became {mean_loss} in epoch {self.epoch + 1}; lower the lr")
+            raise FloatingPointError(
+                f"training loss became {mean_loss} in epoch {self.epoch + 1}; lower the lr"
+            )
         record = {
             "epoch": self.epoch + 1,
             "loss": mean_loss,
@@ -198,9 +205,7 @@ class Trainer:
 
     def evaluate(self, part: str) -> EvalResult:
         cfg = self.config
-        return evaluate(
-            self.model, self.split, part, cfg.topk, cfg.eval_chunk, mask_valid=cfg.mask_valid
-        )
+        return evaluate(self.model, self.split, part, cfg.topk, cfg.eval_chunk, mask_valid=cfg.mask_valid)
 
     # ---------------------------------------------------------------------------------------- the run
     def run(self) -> RunResult:

@@ -51,7 +51,9 @@ class Interactions:
         users = np.asarray(users)
         items = np.asarray(items)
         if users.ndim != 1 or items.ndim != 1 or users.shape != items.shape:
-            raise DataError(f"users and items must be 1-D arrays of one length, got {users.shape} and {items.shape}")
+            raise DataError(
+                f"users and items must be 1-D arrays of one length, got {users.shape} and {items.shape}"
+            )
         for name, arr in (("users", users), ("items", items)):
             if arr.size and not np.issubdtype(arr.dtype, np.integer):
                 raise DataError(f"{name} must hold integer ids, got dtype {arr.dtype}")
@@ -59,8 +61,12 @@ class Interactions:
                 raise DataError(f"{name} must be non-negative ids, found {int(arr.min())}")
         self.users = users.astype(np.int64, copy=False)
         self.items = items.astype(np.int64, copy=False)
-        self.n_users = int(n_users if n_users is not None else (self.users.max() + 1 if self.users.size else 0))
-        self.n_items = int(n_items if n_items is not None else (self.items.max() + 1 if self.items.size else 0))
+        self.n_users = int(
+            n_users if n_users is not None else (self.users.max() + 1 if self.users.size else 0)
+        )
+        self.n_items = int(
+            n_items if n_items is not None else (self.items.max() + 1 if self.items.size else 0)
+        )
         if self.users.size and self.users.max() >= self.n_users:
             raise DataError(f"user id {int(self.users.max())} is outside the id space 0..{self.n_users - 1}")
         if self.items.size and self.items.max() >= self.n_items:
@@ -101,7 +107,12 @@ class Interactions:
 
     def with_id_space(self, n_users: int, n_items: int, user_ids=None, item_ids=None) -> Interactions:
         return Interactions(
-            self.users, self.items, n_users, n_items, self.timestamps, self.weights,
+            self.users,
+            self.items,
+            n_users,
+            n_items,
+            self.timestamps,
+            self.weights,
             user_ids if user_ids is not None else self.user_ids,
             item_ids if item_ids is not None else self.item_ids,
         )
@@ -109,7 +120,8 @@ class Interactions:
     @cached_property
     def csr(self) -> sp.csr_matrix:
         m = sp.csr_matrix(
-            (np.ones(len(self), dtype=np.float32), (self.users, self.items)), shape=(self.n_users, self.n_items)
+            (np.ones(len(self), dtype=np.float32), (self.users, self.items)),
+            shape=(self.n_users, self.n_items),
         )
         m.sum_duplicates()
         m.data[:] = 1.0

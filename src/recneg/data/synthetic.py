@@ -62,7 +62,9 @@ def generate(config: SyntheticConfig | None = None) -> SyntheticData:
     log_pop = -cfg.popularity_exponent * np.log(ranks)
     logits = (x @ y.T) / (np.sqrt(cfg.n_factors) * cfg.temperature) + log_pop  # [n_users, n_items]
     max_deg = cfg.n_items - 1 - cfg.n_false_negatives
-    degrees = np.clip(rng.geometric(1.0 / cfg.mean_degree, size=cfg.n_users), cfg.min_degree, max(cfg.min_degree, max_deg))
+    degrees = np.clip(
+        rng.geometric(1.0 / cfg.mean_degree, size=cfg.n_users), cfg.min_degree, max(cfg.min_degree, max_deg)
+    )
     degrees = np.minimum(degrees, max_deg)
     # Gumbel top-k = sampling without replacement ∝ exp(logits)
     keys = logits + rng.gumbel(size=logits.shape)

@@ -15,7 +15,9 @@ from recneg.registry import MODELS
 @dataclass(frozen=True)
 class MFConfig:
     dim: int = field(default=64, metadata={"help": "embedding size d"})
-    init: str = field(default="xavier", metadata={"help": "xavier (uniform) or normal (N(0, 0.1²), WWW'23 code)"})
+    init: str = field(
+        default="xavier", metadata={"help": "xavier (uniform) or normal (N(0, 0.1²), WWW'23 code)"}
+    )
 
     def __post_init__(self):
         require_int("dim", self, low=1)

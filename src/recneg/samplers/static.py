@@ -17,7 +17,9 @@ from recneg.samplers.base import Negatives, Sampler, categorical_pool, uniform_p
 @dataclass(frozen=True)
 class UniformConfig:
     n_negatives: int = field(default=1, metadata={"help": "negatives per positive"})
-    exclude_positives: bool = field(default=True, metadata={"help": "redraw training positives (membership test)"})
+    exclude_positives: bool = field(
+        default=True, metadata={"help": "redraw training positives (membership test)"}
+    )
 
     def __post_init__(self):
         require_int("n_negatives", self, low=1)
@@ -37,7 +39,11 @@ class UniformSampler(Sampler):
 
     def forward(self, users: Tensor, pos: Tensor, view: ModelView, generator=None) -> Negatives:
         ids = uniform_pool(
-            self.positives(users.device), users, self.config.n_negatives, generator, self.config.exclude_positives
+            self.positives(users.device),
+            users,
+            self.config.n_negatives,
+            generator,
+            self.config.exclude_positives,
         )
         return Negatives(emb=view.item_emb(ids), ids=ids)
 
@@ -45,7 +51,9 @@ class UniformSampler(Sampler):
 @dataclass(frozen=True)
 class PopularityConfig:
     n_negatives: int = field(default=1, metadata={"help": "negatives per positive"})
-    alpha: float = field(default=1.0, metadata={"help": "exponent: p(j) ∝ c_j^alpha (1.0 RecBole, 0.75 word2vec)"})
+    alpha: float = field(
+        default=1.0, metadata={"help": "exponent: p(j) ∝ c_j^alpha (1.0 RecBole, 0.75 word2vec)"}
+    )
     exclude_positives: bool = field(default=True, metadata={"help": "redraw training positives"})
 
     def __post_init__(self):
@@ -89,7 +97,11 @@ class PopularitySampler(Sampler):
     def forward(self, users: Tensor, pos: Tensor, view: ModelView, generator=None) -> Negatives:
         probs = self._probs(users.device)
         ids = categorical_pool(
-            self.positives(users.device), users, self.config.n_negatives, probs, generator,
+            self.positives(users.device),
+            users,
+            self.config.n_negatives,
+            probs,
+            generator,
             self.config.exclude_positives,
         )
         return Negatives(emb=view.item_emb(ids), ids=ids, log_q=probs[ids].log().to(view.user_emb.dtype))
