@@ -248,7 +248,7 @@ class InBatchSampler(Sampler):
             mask[:, :n_batch].fill_diagonal_(True)
         n_hits = mask.sum() - n_batch  # accidental hits, the diagonal excluded
         mask = _finish_mask(self, mask, users, ids)
-        stats = {"accidental_hits": float(n_hits) / max(n_batch, 1)}
+        stats = {"accidental_hits": n_hits.detach().float() / max(n_batch, 1)}  # 0-d tensor: no device sync
         return BatchNegatives(
             emb=emb, ids=ids, log_q=log_q, mask=mask, pos_log_q=log_q[:n_batch], stats=stats
         )
@@ -321,7 +321,7 @@ class UniformCorpusSampler(Sampler):
         log_q = (scale * p_ids).clamp_min(tiny).log().to(emb.dtype)
         pos_log_q = (scale * p_pos).clamp_min(tiny).log().to(emb.dtype)
         mask = accidental_hit_mask(pos, ids) if self.config.remove_accidental_hits else None
-        stats = {"accidental_hits": float(mask.sum()) / max(pos.numel(), 1)} if mask is not None else {}
+        stats = {"accidental_hits": mask.sum().float() / max(pos.numel(), 1)} if mask is not None else {}
         mask = _finish_mask(self, mask, users, ids)
         return BatchNegatives(emb=emb, ids=ids, log_q=log_q, mask=mask, pos_log_q=pos_log_q, stats=stats)
 
