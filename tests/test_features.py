@@ -186,3 +186,17 @@ def test_real_movielens_100k_files():
     assert len(items) == 1682 and len(users) == 943
     assert items.loc[0, "genres"] == ["Animation", "Children's", "Comedy"]  # Toy Story
     assert set(users["gender"]) == {"M", "F"}
+
+
+def test_dataset_features_finds_shipped_files(tmp_path):
+    from recneg.data.features import dataset_features
+
+    _write_ml100k(tmp_path)
+    (tmp_path / "u.data").write_text("1\t1\t5\t0\n")
+    train = Interactions(
+        [0], [0], n_users=3, n_items=2, user_ids=np.array([1, 2, 3]), item_ids=np.array([1, 2])
+    )
+    users, items = dataset_features(tmp_path / "u.data", None, train)  # a file path: its folder is searched
+    assert users.n_rows == 3 and items.multi_hot["genres"].n_rows == 2
+    assert dataset_features("synthetic", None, train) == (None, None)
+    assert dataset_features(tmp_path / "nothing-here", None, train) == (None, None)

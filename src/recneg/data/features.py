@@ -538,3 +538,35 @@ def lastfm_features(data_dir: str | Path, train, top_k: int = 10) -> tuple[None,
         multi_hot=["tags"],
         source=str(data_dir / "user_taggedartists.dat"),
     )
+
+
+def dataset_features(name_or_path, data_dir, train) -> tuple[FeatureSet | None, FeatureSet | None]:
+    """The side features a dataset ships, aligned to ``train``; ``(None, None)`` when it ships none.
+
+    Knows MovieLens 100K (a folder with ``u.user`` and ``u.item``: :func:`movielens_100k_features`) and
+    Last.fm HetRec 2011 (a folder with ``user_taggedartists.dat``: :func:`lastfm_features`).
+
+    Args:
+        name_or_path: a dataset name of :mod:`recneg.data.datasets` (``"ml-100k"``, ``"lastfm"``) or a path
+            to the dataset's folder or to one of its files.
+        data_dir: the folder holding ``<name>/`` folders (as for ``load_dataset``; ``None``: the default).
+        train: the training :class:`~recneg.data.Interactions` (its id maps).
+
+    Returns:
+        ``(user_features, item_features)``, either possibly ``None``.
+    """
+    folder = Path(name_or_path).expanduser()
+    if not folder.exists():
+        try:
+            from recneg.data.datasets import resolve
+
+            folder = resolve(str(name_or_path), data_dir)[1]
+        except DataError:
+            return None, None
+    if folder.is_file():
+        folder = folder.parent
+    if (folder / "u.user").is_file() and (folder / "u.item").is_file():
+        return movielens_100k_features(folder, train)
+    if (folder / "user_taggedartists.dat").is_file():
+        return lastfm_features(folder, train)
+    return None, None
