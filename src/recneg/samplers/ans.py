@@ -386,8 +386,9 @@ class ANSSampler(Sampler):
             gain = s_aug - s_orig
             idx = (s_aug + eps * gain).argmax(dim=1)  # [B, L'] candidate chosen per layer (Eq. 13)
             chosen_ids = pool.gather(1, idx)  # [B, L'] source item per layer
-            dns_ids = view.score(pool).argmax(dim=1, keepdim=True)  # DNS on the same pool
-            dns_ids = pool.gather(1, dns_ids)
+            # DNS on the same pool, argmax_m <ē_u, ē_n>; with one layer that score is s_orig itself
+            dns_scores = s_orig[..., 0] if s_orig.shape[-1] == 1 else view.score(pool)
+            dns_ids = pool.gather(1, dns_scores.argmax(dim=1, keepdim=True))  # [B, 1]
             chosen_gain = gain.gather(1, idx.unsqueeze(1)).squeeze(1)  # [B, L']
 
         chosen = _gather_candidates(a.aug, idx)  # [B, L', d] with gradient
