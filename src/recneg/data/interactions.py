@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -174,6 +175,7 @@ class PositiveIndex:
     degree: torch.Tensor
     n_users: int
     n_items: int
+    _bits: object = field(default=None, repr=False)
 
     @classmethod
     def from_csr(cls, csr: sp.csr_matrix, device="cpu") -> PositiveIndex:
@@ -187,16 +189,39 @@ class PositiveIndex:
         keys = rows * n_items + indices  # already sorted: rows ascending, indices sorted within rows
         return cls(keys, indptr, indices, degree, int(n_users), int(n_items))
 
+    #: the membership bitmap is used while it takes at most this many bytes (Gowalla: 153 MB)
+    bitmap_max_bytes: ClassVar[int] = 1 << 28
+
     def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Boolean tensor, shape of ``items``: whether ``(users, items)`` is a pair of the set.
 
-        ``users`` broadcasts against ``items`` (e.g. ``[B, 1]`` against ``[B, n]``).
+        ``users`` broadcasts against ``items`` (e.g. ``[B, 1]`` against ``[B, n]``). Uses a bitmap of all
+        ``n_users × n_items`` pairs (one bit each, built on first use) when it fits in
+        :attr:`bitmap_max_bytes`, else a ``searchsorted`` over the sorted keys.
         """
         if self.keys.numel() == 0:
-            return torch.zeros_like(items, dtype=torch.bool)
+            return torch.zeros(
+                torch.broadcast_shapes(users.shape, items.shape), dtype=torch.bool, device=items.device
+            )
         q = (users * self.n_items + items).reshape(-1)
+        shape = torch.broadcast_shapes(users.shape, items.shape)
+        bits = self._bitmap()
+        if bits is not None:
+            return ((bits[q >> 3] >> (q & 7).to(torch.uint8)) & 1).bool().reshape(shape)
         pos = torch.searchsorted(self.keys, q).clamp_(max=self.keys.numel() - 1)
-        return (self.keys[pos] == q).reshape(torch.broadcast_shapes(users.shape, items.shape))
+        return (self.keys[pos] == q).reshape(shape)
+
+    def _bitmap(self) -> torch.Tensor | None:
+        if self._bits is None:
+            n_bytes = (self.n_users * self.n_items + 7) // 8
+            if n_bytes > self.bitmap_max_bytes:
+                self._bits = False
+            else:
+                keys = self.keys.cpu().numpy()
+                bits = np.zeros(n_bytes, dtype=np.uint8)
+                np.bitwise_or.at(bits, keys >> 3, (1 << (keys & 7)).astype(np.uint8))
+                self._bits = torch.from_numpy(bits).to(self.keys.device)
+        return self._bits if self._bits is not False else None
 
 
 @dataclass

@@ -117,13 +117,39 @@ def check_negatives_exist(index: PositiveIndex, users: Tensor) -> None:
         )
 
 
+def _redraw_positives(index: PositiveIndex, users: Tensor, pool: Tensor, draw, max_rounds: int) -> Tensor:
+    """Redraw, in place, the entries of ``pool [B, n]`` that are training positives of their row's user.
+
+    Only the offending entries are redrawn and re-checked each round, so the cost of a round shrinks with
+    the number of hits (dense users need several rounds; most entries are settled in the first).
+    """
+    n = pool.shape[1]
+    flat = pool.view(-1)
+    rows = users.repeat_interleave(n)
+    bad = torch.nonzero(index.contains(rows, flat)).squeeze(1)
+    if bad.numel():
+        check_negatives_exist(index, users)
+    rounds = 0
+    while bad.numel():
+        rounds += 1
+        if rounds > max_rounds:
+            raise DataError(
+                f"could not draw a non-positive item after {max_rounds} rounds; some user's positives cover "
+                "almost all of the proposal's mass"
+            )
+        fresh = draw(bad.numel())
+        flat[bad] = fresh
+        bad = bad[index.contains(rows[bad], fresh)]
+    return pool
+
+
 def uniform_pool(
     index: PositiveIndex,
     users: Tensor,
     n: int,
     generator: torch.Generator | None = None,
     exclude_positives: bool = True,
-    max_rounds: int = 1000,
+    max_rounds: int = 10000,
 ) -> Tensor:
     """``n`` i.i.d. draws per row from ``Uniform(I \\ I_u^+)`` (``uniform_excl``) or ``Uniform(I)``.
 
@@ -136,19 +162,11 @@ def uniform_pool(
     pool = torch.randint(index.n_items, (users.numel(), n), device=device, generator=generator)
     if not exclude_positives:
         return pool
-    rows = users.reshape(-1, 1)
-    bad = index.contains(rows, pool)
-    rounds = 0
-    while bool(bad.any()):
-        rounds += 1
-        if rounds == 1:
-            check_negatives_exist(index, users)
-        if rounds > max_rounds:
-            raise RuntimeError("uniform_pool: rejection sampling did not converge")
-        k = int(bad.sum())
-        pool[bad] = torch.randint(index.n_items, (k,), device=device, generator=generator)
-        bad = index.contains(rows, pool) & bad
-    return pool
+
+    def draw(k: int) -> Tensor:
+        return torch.randint(index.n_items, (k,), device=device, generator=generator)
+
+    return _redraw_positives(index, users.reshape(-1), pool, draw, max_rounds)
 
 
 def categorical_pool(
@@ -158,7 +176,7 @@ def categorical_pool(
     probs: Tensor,
     generator: torch.Generator | None = None,
     exclude_positives: bool = True,
-    max_rounds: int = 1000,
+    max_rounds: int = 10000,
 ) -> Tensor:
     """``n`` i.i.d. draws per row from a categorical ``probs [n_items]``, positives redrawn.
 
@@ -171,25 +189,11 @@ def categorical_pool(
     cdf = cdf / cdf[-1]
     device = users.device
 
-    def draw(shape):
-        u = torch.rand(shape, device=device, generator=generator, dtype=torch.float64)
+    def draw(k: int) -> Tensor:
+        u = torch.rand(k, device=device, generator=generator, dtype=torch.float64)
         return torch.searchsorted(cdf, u, right=True).clamp_(max=index.n_items - 1)
 
-    pool = draw((users.numel(), n))
+    pool = draw(users.numel() * n).view(users.numel(), n)
     if not exclude_positives:
         return pool
-    rows = users.reshape(-1, 1)
-    bad = index.contains(rows, pool)
-    rounds = 0
-    while bool(bad.any()):
-        rounds += 1
-        if rounds == 1:
-            check_negatives_exist(index, users)
-        if rounds > max_rounds:
-            raise DataError(
-                "categorical_pool: could not draw a non-positive item after "
-                f"{max_rounds} rounds; some user's positives cover almost all of the proposal's mass"
-            )
-        pool[bad] = draw((int(bad.sum()),))
-        bad = index.contains(rows, pool) & bad
-    return pool
+    return _redraw_positives(index, users.reshape(-1), pool, draw, max_rounds)
