@@ -46,6 +46,12 @@ def build_components(cfg: RunConfig, split):
     """
     model_cfg = MODELS.make_config(cfg.model.name, cfg.model.args)
     model = build_model(cfg.model.name, split.train, config=model_cfg)
+    if hasattr(model, "with_features"):  # side features of the dataset (ml-100k genres, Last.fm tags), if any
+        from recneg.data.features import dataset_features
+
+        user_f, item_f = dataset_features(cfg.data.dataset, cfg.data.data_dir, split.train)
+        if user_f is not None or item_f is not None:
+            model.with_features(user_f, item_f)
     sampler_args = dict(cfg.sampler.args)
     sampler_entry = SAMPLERS.get(cfg.sampler.name)
     if sampler_entry.config is not None and "dim" not in sampler_args:

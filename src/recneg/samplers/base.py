@@ -40,7 +40,9 @@ class Negatives:
             ``⟨ē_u, emb⟩`` (ANS ``score="sum_layers"``); ``pos_score``: ``[B]`` likewise for the positive.
         mask: ``[B, n]`` bool, True where column ``j`` must be left out of row ``b``'s softmax (accidental
             hits, the row's own positive among shared in-batch columns); used by softmax losses.
-        stats: detached per-batch diagnostics (floats) the trainer averages per epoch.
+        pos_log_q: ``[B]`` log Q of each row's positive, on the scale of ``log_q`` (for ``correct_positive``).
+        stats: detached per-batch diagnostics, floats or 0-d tensors (summed on device by the trainer,
+            averaged per epoch).
     """
 
     emb: Tensor
@@ -52,6 +54,7 @@ class Negatives:
     score: Tensor | None = None
     pos_score: Tensor | None = None
     mask: Tensor | None = None
+    pos_log_q: Tensor | None = None
     stats: dict = field(default_factory=dict)
 
     @property
