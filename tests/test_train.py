@@ -116,3 +116,19 @@ def test_bad_train_settings_are_named():
         TrainConfig(metric="recall@7")
     with pytest.raises(recneg.ConfigError, match="did you mean 'epochs'"):
         fit(None, None, None, epoch=3)
+
+
+def test_callbacks_see_batches_and_add_epoch_diagnostics(small_split):
+    seen = []
+
+    class Probe:
+        def on_batch(self, trainer, b, users, pos, view, neg):
+            seen.append((b, users.shape[0], neg.ids.shape))
+
+        def on_epoch_end(self, trainer, record):
+            return {"batches_seen": float(len(seen))}
+
+    res = _fit(small_split, epochs=2, callbacks=[Probe()])
+    n_batches = -(-len(small_split.train) // FAST["batch_size"])
+    assert len(seen) == 2 * n_batches and seen[0][2] == (FAST["batch_size"], 1)
+    assert res.history[0]["diagnostics"] == {"batches_seen": float(n_batches)}

@@ -94,7 +94,13 @@ def _clone_state(module: nn.Module) -> dict:
 
 
 class Trainer:
-    """Runs one training job. Use :func:`fit` unless you need the pieces."""
+    """Runs one training job. Use :func:`fit` unless you need the pieces.
+
+    ``callbacks``: objects with optional hooks, called in order —
+    ``on_batch(trainer, batch_index, users, pos, view, negatives)`` after the sampler ran (for diagnostics:
+    the hooks see the batch and must not change it), and ``on_epoch_end(trainer, record) -> dict | None``
+    whose returned floats go to the epoch's ``history.jsonl`` line under ``"diagnostics"``.
+    """
 
     def __init__(
         self,
@@ -105,6 +111,7 @@ class Trainer:
         config: TrainConfig | None = None,
         out_dir: str | Path | None = None,
         run_config: RunConfig | None = None,
+        callbacks: list | None = None,
     ):
         from recneg.losses import BPRLoss
 
@@ -119,6 +126,7 @@ class Trainer:
         self.loss_fn = (loss or BPRLoss()).to(self.device)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.run_config = run_config
+        self.callbacks = list(callbacks or [])
         if len(split.train) == 0:
             raise ConfigError("the training part is empty: nothing to train on")
         cfg = self.config
@@ -165,6 +173,9 @@ class Trainer:
             users, pos = self.train_users[idx], self.train_items[idx]
             view = model.view(users, pos)
             neg = sampler(users, pos, view, generator=self.sample_gen)
+            for cb in self.callbacks:
+                if hasattr(cb, "on_batch"):
+                    cb.on_batch(self, b, users, pos, view, neg)
             loss = self.loss_fn(view.user_emb, view.pos_emb, neg)
             loss = loss + l2_regularization(view, neg, cfg.reg)
             if neg.aux_loss is not None:
@@ -201,6 +212,11 @@ class Trainer:
         }
         if stats:
             record["sampler"] = {k: float(v) / n_batches for k, v in stats.items()}
+        for cb in self.callbacks:
+            if hasattr(cb, "on_epoch_end"):
+                extra = cb.on_epoch_end(self, record)
+                if extra:
+                    record.setdefault("diagnostics", {}).update(extra)
         return record
 
     def evaluate(self, part: str) -> EvalResult:
@@ -344,6 +360,7 @@ def fit(
     loss: nn.Module | None = None,
     config: TrainConfig | None = None,
     out_dir: str | Path | None = None,
+    callbacks: list | None = None,
     **overrides,
 ) -> RunResult:
     """Train ``model`` with ``sampler`` on ``split.train``; early-stop on validation; test at the end.
@@ -366,7 +383,7 @@ def fit(
         config = _merge(config, overrides)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-    return Trainer(model, sampler, split, loss, config, out_dir).run()
+    return Trainer(model, sampler, split, loss, config, out_dir, callbacks=callbacks).run()
 
 
 def _fields(cfg) -> dict:
