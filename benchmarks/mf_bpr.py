@@ -60,7 +60,16 @@ def bare_eval_seconds(model, split, k=50, chunk=1024) -> float:
     return time.perf_counter() - t0
 
 
-def run_protocol(name: str, spec: dict, data_dir: str, threads: int, lr: float, epochs: int | None) -> dict:
+def run_protocol(
+    name: str,
+    spec: dict,
+    data_dir: str,
+    threads: int,
+    lr: float,
+    epochs: int | None,
+    reg: float = 1e-4,
+    eval_every: int | None = None,
+) -> dict:
     split = load_dataset(
         spec["dataset"],
         data_dir=data_dir,
@@ -73,7 +82,9 @@ def run_protocol(name: str, spec: dict, data_dir: str, threads: int, lr: float, 
     train_kw = dict(spec["train"])
     if epochs:
         train_kw["epochs"] = epochs
-    cfg = TrainConfig(lr=lr, batch_size=2048, threads=threads, progress=False, seed=0, **train_kw)
+    if eval_every:
+        train_kw["eval_every"] = eval_every
+    cfg = TrainConfig(reg=reg, lr=lr, batch_size=2048, threads=threads, progress=False, seed=0, **train_kw)
     torch.manual_seed(0)
     model = recneg.build_model("mf", split.train, dim=64)
     trainer = Trainer(model, recneg.build_sampler("uniform"), split, config=cfg)
@@ -92,6 +103,7 @@ def run_protocol(name: str, spec: dict, data_dir: str, threads: int, lr: float, 
         "dataset": spec["dataset"],
         "split": repr(split),
         "lr": lr,
+        "reg": reg,
         "epochs_run": len(result.history),
         "best_epoch": result.best_epoch,
         "seconds_per_epoch": sum(epoch_seconds) / len(epoch_seconds),
@@ -113,12 +125,23 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--epochs", type=int, default=None, help="override every protocol's epochs")
+    ap.add_argument("--eval-every", type=int, default=None, help="override every protocol's eval_every")
+    ap.add_argument("--reg", type=float, default=1e-4, help="λ of R1")
     ap.add_argument("--name", default="mf_bpr")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
     for name in args.protocols.split(","):
-        row = run_protocol(name, PROTOCOLS[name], args.data_dir, args.threads, args.lr, args.epochs)
+        row = run_protocol(
+            name,
+            PROTOCOLS[name],
+            args.data_dir,
+            args.threads,
+            args.lr,
+            args.epochs,
+            args.reg,
+            args.eval_every,
+        )
         print({k: v for k, v in row.items() if k != "curve_recall@20"}, flush=True)
         rows.append(row)
     stamp = machine_stamp(args.threads)

@@ -1,0 +1,133 @@
+"""Training-step time of samplers, as ratios to uniform in one interleaved run.
+
+Run (from the repository root, ../shared/data present, nothing else running):
+
+    python -m benchmarks.epoch_time --dataset gowalla --threads 2
+
+For each configuration, ``--steps`` training steps (batch 2048, Adam, R1) are timed in ``--rounds``
+rounds that interleave the configurations, so machine noise hits all of them alike; the median step time
+is reported with the extrapolated epoch time (steps per epoch = ceil(|train| / batch)) and the
+ratio to uniform.
+Writes benchmarks/results/epoch_time_<dataset>.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+
+import torch
+
+import recneg
+from benchmarks.common import DEFAULT_DATA, machine_stamp, md_table, peak_rss_mb, write_results
+from recneg.config import TrainConfig
+from recneg.data.datasets import load_dataset
+from recneg.losses import l2_regularization
+
+CONFIGS = {
+    "mf-uniform": ("mf", "uniform", {}, "bpr", {}),
+    "mf-dns-32": ("mf", "dns", {"n_candidates": 32}, "bpr", {}),
+    "mf-pdns-32 (dns+softbpr)": ("mf", "dns", {"n_candidates": 32}, "softbpr", {"beta": 0.2}),
+    "mf-pdns-32 (mixing)": ("mf", "pdns", {"n_candidates": 32}, "bpr", {}),
+    "mf-dns_mn-4of32": ("mf", "dns_mn", {"n_candidates": 32, "n_selected": 4}, "bpr", {}),
+    "mf-softmax_v-32": ("mf", "softmax_v", {"n_candidates": 32}, "bpr", {}),
+    "mf-ans-16": ("mf", "ans", {"n_candidates": 16}, "bpr", {}),
+    "lightgcn-uniform": ("lightgcn", "uniform", {}, "bpr", {}),
+    "lightgcn-mixgcf-16": ("lightgcn", "mixgcf", {"n_candidates": 16}, "kpair", {}),
+}
+
+
+class Runner:
+    def __init__(self, split, spec, batch_size: int, seed: int = 0):
+        from recneg.train import make_optimizer
+
+        model_name, sampler_name, sampler_args, loss_name, loss_args = spec
+        torch.manual_seed(seed)
+        self.model = recneg.build_model(model_name, split.train, dim=64)
+        if sampler_name in ("ans", "dens"):
+            sampler_args = {**sampler_args, "dim": 64}
+        self.sampler = recneg.build_sampler(sampler_name, **sampler_args).bind(split.train)
+        self.loss = recneg.build_loss(loss_name, **loss_args)
+        params = list(self.model.parameters()) + list(self.sampler.parameters())
+        self.opt = make_optimizer("adam", params, 1e-3)
+        self.users = torch.as_tensor(split.train.users)
+        self.items = torch.as_tensor(split.train.items)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.perm = torch.randperm(len(self.users), generator=torch.Generator().manual_seed(seed))
+        self.batch_size = batch_size
+        self.cursor = 0
+
+    def step(self) -> None:
+        if self.cursor + self.batch_size > len(self.perm):
+            self.cursor = 0
+        idx = self.perm[self.cursor : self.cursor + self.batch_size]
+        self.cursor += self.batch_size
+        u, p = self.users[idx], self.items[idx]
+        view = self.model.view(u, p)
+        neg = self.sampler(u, p, view, generator=self.gen)
+        loss = self.loss(view.user_emb, view.pos_emb, neg) + l2_regularization(view, neg, 1e-4)
+        if neg.aux_loss is not None:
+            loss = loss + neg.aux_loss
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="gowalla")
+    ap.add_argument("--data-dir", default=str(DEFAULT_DATA))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=2048)
+    ap.add_argument("--configs", default=",".join(CONFIGS))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    TrainConfig(threads=args.threads)  # validates
+    split = load_dataset(args.dataset, data_dir=args.data_dir, valid_ratio=0.0, download=False)
+    names = args.configs.split(",")
+    runners = {n: Runner(split, CONFIGS[n], args.batch_size) for n in names}
+    for r in runners.values():  # warm-up: first-use allocations, bitmap build
+        r.step()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(args.rounds):
+        for n in names:
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                runners[n].step()
+            times[n].append((time.perf_counter() - t0) / args.steps)
+    steps_per_epoch = math.ceil(len(split.train) / args.batch_size)
+    base = statistics.median(times[names[0]])
+    rows = []
+    for n in names:
+        med = statistics.median(times[n])
+        rows.append(
+            {
+                "config": n,
+                "ms/step (median)": 1000 * med,
+                "epoch s (extrapolated)": med * steps_per_epoch,
+                f"ratio to {names[0]}": med / base,
+            }
+        )
+    stamp = machine_stamp(args.threads)
+    cmd = "python -m benchmarks.epoch_time " + " ".join(argv if argv is not None else sys.argv[1:])
+    md = (
+        f"# Training-step time on {args.dataset}\n\nCommand: `{cmd}`\n\n"
+        f"{repr(split)}; batch {args.batch_size}, "
+        f"dim 64, Adam (fused), R1; {args.rounds} interleaved rounds of {args.steps} steps; peak RSS "
+        f"{peak_rss_mb():.0f} MB.\n\nMachine: {stamp}\n\n" + md_table(rows, list(rows[0]))
+    )
+    write_results(
+        f"epoch_time_{args.dataset}",
+        {"machine": stamp, "command": cmd, "rows": rows, "raw_seconds_per_step": times},
+        md,
+    )
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
