@@ -84,9 +84,12 @@ def sampled_softmax_loss(
             )
         user_emb, pos_emb = F.normalize(user_emb, dim=-1), F.normalize(pos_emb, dim=-1)
         neg = dataclasses.replace(neg, emb=F.normalize(neg.emb, dim=-1))
-    pos, negs = pair_scores(user_emb, pos_emb, neg)  # [B], [B, n]
-    pos = pos / temperature
-    negs = negs / temperature
+    if neg.score is None and neg.pos_score is None:
+        # ⟨u/τ, v⟩ = ⟨u, v⟩/τ: scale the [B, d] queries instead of the [B, n] logits (one pass fewer)
+        pos, negs = pair_scores(user_emb / temperature, pos_emb, neg)  # [B], [B, n]
+    else:
+        pos, negs = pair_scores(user_emb, pos_emb, neg)
+        pos, negs = pos / temperature, negs / temperature
     if logq_correction and neg.log_q is not None:
         negs = negs - neg.log_q.detach().to(negs.dtype)
         if correct_positive:
@@ -100,8 +103,8 @@ def sampled_softmax_loss(
             pos = pos - pos_log_q.detach().to(pos.dtype)
     if neg.mask is not None:
         negs = negs.masked_fill(neg.mask, torch.finfo(negs.dtype).min)
-    logits = torch.cat([pos.unsqueeze(-1), negs], -1)  # class 0 = the positive
-    per_row = torch.logsumexp(logits, -1) - pos
+    # class 0 = the positive: logsumexp(s_b, s_b1..s_bn) = logaddexp(s_b, logsumexp_j s_bj) (no [B, n+1] copy)
+    per_row = torch.logaddexp(pos, torch.logsumexp(negs, -1)) - pos
     return _reduce(per_row, reduction)
 
 
