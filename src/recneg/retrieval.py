@@ -314,3 +314,117 @@ def compare_indexes(
         "approx_seconds": t2 - t1,
         "build_seconds": approx.build_seconds,
     }
+
+
+# --------------------------------------------------------------------------------------------- run folders
+def _parse_user_ids(tokens, originals: list) -> list[int]:
+    """Internal ids of original user ids given as strings (``"1"`` matches ``1``, ``"1"`` and ``1.0``)."""
+    lookup: dict[str, int] = {}
+    for internal, orig in enumerate(originals):
+        lookup.setdefault(str(orig), internal)
+        if isinstance(orig, float) and orig.is_integer():
+            lookup.setdefault(str(int(orig)), internal)
+    out = []
+    for tok in tokens:
+        key = str(tok).strip()
+        if key not in lookup:
+            example = ", ".join(str(o) for o in originals[:3])
+            raise ConfigError(f"unknown user id {key!r}: not in the run's id_maps.json (e.g. {example})")
+        out.append(lookup[key])
+    return out
+
+
+def retrieve_for_run(
+    run_dir: str | Path,
+    users,
+    k: int = 10,
+    index: str = "exact",
+    exclude_seen: bool = True,
+    recall_users: int = 2000,
+    seed: int = 0,
+    **index_kwargs,
+) -> dict:
+    """Top-``k`` items (original ids) for original user ids, from a run folder's ``model.pt``.
+
+    Rebuilds the run's data split and components (``recneg.runner.load_split`` / ``build_components``,
+    side features included), loads the best weights, builds the index over the item table and searches it.
+    With an approximate ``index`` it also measures ANN recall@``k`` against exact search, on the requested
+    users and on up to ``recall_users`` users drawn at random (seeded) from the whole user set.
+
+    Args:
+        run_dir: a folder written by ``recneg train`` (``config.json``, ``id_maps.json``, ``model.pt``).
+        users: original user ids (strings or ints, as in ``id_maps.json``).
+        k: items per user.
+        index: ``"exact"`` (``"flat"``), ``"hnsw"`` or ``"ivf"``.
+        exclude_seen: skip each user's training positives.
+        recall_users: sample size of the all-users ANN recall (0: requested users only).
+        seed: seed of that sample.
+        index_kwargs: :class:`ItemIndex` settings (``ef_search``, ``nprobe``, ...).
+
+    Returns:
+        ``{"index", "backend", "exact", "k", "users": [{"user", "items", "scores"}], "ann_recall@k"
+        (requested users; ``None`` for an exact index), "ann_recall@k_sample", "n_sample"}``.
+    """
+    import torch as _torch
+
+    from recneg.runner import build_components, load_run_config, load_split
+
+    run_dir = Path(run_dir)
+    kind = {"exact": "flat"}.get(index, index)
+    if kind not in KINDS:
+        raise ConfigError(f"index must be exact, hnsw or ivf, got {index!r}")
+    cfg = load_run_config(run_dir)
+    weights = run_dir / "model.pt"
+    if not weights.is_file():
+        raise ConfigError(f"{run_dir}: no model.pt yet (the run has not evaluated once)")
+    maps_file = run_dir / "id_maps.json"
+    if not maps_file.is_file():
+        raise ConfigError(f"{run_dir}: id_maps.json is missing")
+    maps = json.loads(maps_file.read_text())
+    internal = _parse_user_ids(users, maps["users"])
+    split = load_split(cfg)
+    model, _, _ = build_components(cfg, split)
+    model.load_state_dict(_torch.load(weights, map_location="cpu", weights_only=True))
+    if split.n_users != len(maps["users"]) or split.n_items != len(maps["items"]):
+        raise DataError(
+            f"{run_dir}: the rebuilt data has {split.n_users} users / {split.n_items} items, id_maps.json "
+            f"{len(maps['users'])} / {len(maps['items'])} (has the dataset changed?)"
+        )
+    user_table, item_table = model.tables()
+    exclude = split.train.positives() if exclude_seen else None
+    k = min(int(k), split.n_items)
+    chosen = _torch.as_tensor(internal, dtype=_torch.long)
+    exact_index = ItemIndex(item_table, kind="flat")
+    search_index = exact_index if kind == "flat" else ItemIndex(item_table, kind=kind, **index_kwargs)
+    scores, ids = search_index.search(user_table[chosen], k, exclude, chosen)
+    items = maps["items"]
+    out = {
+        "index": index,
+        "backend": search_index.backend,
+        "exact": search_index.exact,
+        "k": k,
+        "users": [
+            {
+                "user": maps["users"][u],
+                "items": [items[j] for j in row.tolist() if j >= 0],
+                "scores": [float(s) for s, j in zip(srow.tolist(), row.tolist(), strict=True) if j >= 0],
+            }
+            for u, row, srow in zip(internal, ids, scores, strict=True)
+        ],
+        f"ann_recall@{k}": None,
+        f"ann_recall@{k}_sample": None,
+        "n_sample": 0,
+    }
+    if kind != "flat":
+        _, exact_ids = exact_index.search(user_table[chosen], k, exclude, chosen)
+        out[f"ann_recall@{k}"] = ann_recall_at_k(exact_ids, ids)
+        if recall_users:
+            gen = np.random.default_rng(seed)
+            sample = _torch.as_tensor(
+                np.sort(gen.choice(split.n_users, size=min(recall_users, split.n_users), replace=False))
+            )
+            _, e = exact_index.search(user_table[sample], k, exclude, sample)
+            _, a = search_index.search(user_table[sample], k, exclude, sample)
+            out[f"ann_recall@{k}_sample"] = ann_recall_at_k(e, a)
+            out["n_sample"] = int(sample.numel())
+    return out
