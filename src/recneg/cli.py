@@ -1,4 +1,4 @@
-"""Command line: ``recneg train | evaluate | list | data``.
+"""Command line: ``recneg train | evaluate | retrieve | list | data``.
 
 Only this module parses arguments. It builds typed configs and hands them to the library; any
 :class:`~recneg.errors.RecnegError` becomes a one-line message on stderr and exit status 2.
@@ -216,6 +216,30 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_retrieve(args) -> int:
+    from recneg.retrieval import retrieve_for_run
+
+    users = [u for u in args.users.split(",") if u.strip()]
+    if not users:
+        raise ConfigError("--users needs at least one user id, e.g. --users 1,2,3")
+    res = retrieve_for_run(args.run_dir, users, args.k, args.index, exclude_seen=not args.include_seen)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    for row in res["users"]:
+        print(f"user {row['user']}: " + " ".join(str(i) for i in row["items"]))
+    k = res["k"]
+    if res[f"ann_recall@{k}"] is None:
+        print(f"index: exact ({res['backend']})")
+    else:
+        print(
+            f"index: {res['index']} ({res['backend']}); ANN recall@{k} vs exact: "
+            f"{res[f'ann_recall@{k}']:.4f} "
+            f"on these users, {res[f'ann_recall@{k}_sample']:.4f} on {res['n_sample']} sampled users"
+        )
+    return 0
+
+
 def cmd_list(args) -> int:
     from recneg.registry import LOSSES, MODELS, SAMPLERS
 
@@ -255,6 +279,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--part", choices=["test", "valid"], default="test")
     p.add_argument("--json", action="store_true", help="also print the metrics as JSON")
+    p = sub.add_parser("retrieve", help="top-K items per user from a run folder (exact or ANN index)")
+    p.add_argument("run_dir")
+    p.add_argument("--users", required=True, help="comma list of original user ids")
+    p.add_argument("--k", type=int, default=10, help="items per user (default 10)")
+    p.add_argument("--index", choices=["exact", "hnsw", "ivf"], default="exact")
+    p.add_argument("--include-seen", action="store_true", help="do not skip the users' training items")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p = sub.add_parser("list", help="list registered samplers, models, losses or datasets")
     p.add_argument("kind", choices=["samplers", "models", "losses", "datasets"])
     p = sub.add_parser("data", help="dataset tools")
@@ -267,7 +298,13 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "list": cmd_list, "data": cmd_data}
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "retrieve": cmd_retrieve,
+    "list": cmd_list,
+    "data": cmd_data,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
