@@ -18,6 +18,11 @@ Formats:
 * Generic CSV / TSV / Parquet with named columns (:func:`read_table`).
 * RecBole atomic ``.inter`` files (:func:`read_recbole_inter`).
 
+Repeated ``(user, item)`` pairs: a MovieLens ratings file and Last.fm ``user_artists.dat`` list each pair once
+by construction, so a repeat is a :class:`~recneg.errors.DataError` naming both lines; in the other formats
+(NGCF, sequences, tables, ``.inter``) a repeat is a legal event (a re-purchase, a second check-in), reported
+by a :class:`DuplicateWarning` and collapsed to the earliest by :func:`recneg.data.preprocess.dedupe`.
+
 Bad input raises :class:`~recneg.errors.DataError` with one line naming the file, the line, the field and what
 was expected, e.g. ``u.data line 3, field item: expected a non-negative integer id, got '4.5'``.
 """
@@ -37,6 +42,7 @@ from recneg.errors import DataError
 
 __all__ = [
     "FORMATS",
+    "DuplicateWarning",
     "detect_format",
     "from_arrays",
     "read_hetrec_lastfm",
@@ -51,7 +57,14 @@ __all__ = [
 #: Format names :func:`detect_format` returns and :func:`read_path` accepts.
 FORMATS = ("ngcf", "ml-100k", "ml-dat", "ml-csv", "hetrec-lastfm", "sequences", "table", "recbole")
 
+#: ids of the integer-id formats must be below this (``np.fromstring`` silently saturates beyond int64)
+_MAX_ID = 10**18
+
 _PARSER_LINE = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
+
+
+class DuplicateWarning(UserWarning):
+    """Repeated ``(user, item)`` pairs in a file whose format allows them; each pair counts once."""
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -159,6 +172,42 @@ def _plain(v):
     return v.item() if hasattr(v, "item") else v
 
 
+def _check_duplicates(
+    inter: Interactions, lines: np.ndarray, path: Path, policy: str, what: str, unit: str = "line"
+) -> None:
+    """Repeated ``(user, item)`` pairs: ``policy="error"`` raises, ``"warn"`` warns (collapsed later).
+
+    ``lines[k]`` is the physical line of interaction ``k``. The message names the first repeated pair in file
+    order and the line it repeats. Cost: one stable sort of ``[n]`` int64 keys.
+    """
+    n = len(inter)
+    if n < 2:
+        return
+    keys = inter.users * max(inter.n_items, 1) + inter.items
+    order = np.argsort(keys, kind="stable")
+    sk = keys[order]
+    same = sk[1:] == sk[:-1]
+    if not same.any():
+        return
+    later = order[1:][same]  # rows that repeat an earlier row
+    k = int(later.min())
+    first = int(np.flatnonzero(keys == keys[k])[0])
+    u = _plain(inter.user_ids[inter.users[k]]) if inter.user_ids is not None else int(inter.users[k])
+    i = _plain(inter.item_ids[inter.items[k]]) if inter.item_ids is not None else int(inter.items[k])
+    where = f"{unit} {int(lines[k])} repeats {unit} {int(lines[first])} (user {u!r}, item {i!r})"
+    if policy == "error":
+        raise DataError(
+            f"{path} {unit} {int(lines[k])}, fields user,item: expected each (user, item) pair once in a "
+            f"{what}, got a repeat of {unit} {int(lines[first])} (user {u!r}, item {i!r})"
+        )
+    warnings.warn(
+        f"{path}: {int(same.sum())} duplicate (user, item) interactions, first: {where}; "
+        "each pair counts once (the earliest is kept)",
+        DuplicateWarning,
+        stacklevel=3,
+    )
+
+
 def _id_column(df: pd.DataFrame, col, path: Path, field: str) -> np.ndarray:
     """A column of non-negative integer ids, validated cheaply (the common case is already int64)."""
     s = df[col]
@@ -222,12 +271,13 @@ def _time_column(df: pd.DataFrame, col, path: Path, field: str) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- NGCF
-def _parse_id_lines(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _parse_id_lines(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Parse ``first rest rest ...`` integer lines fast.
 
     Returns:
         heads ``[n_lines]`` (the first id of every non-blank line), counts ``[n_lines]`` (ids after the
-        first), rest ``[sum(counts)]`` (the following ids, line by line).
+        first), rest ``[sum(counts)]`` (the following ids, line by line), lines ``[n_lines]`` (the 1-based
+        physical line number of every non-blank line).
     """
     text = _read_text(path)
     lines = text.splitlines()
@@ -245,30 +295,79 @@ def _parse_id_lines(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     flat = np.fromstring(text, dtype=np.int64, sep=" ") if ntok.sum() else np.zeros(0, np.int64)
     if flat.size != ntok.sum():  # pragma: no cover - guarded by the digit check above
         raise DataError(f"{path}: could not parse every id as an integer")
+    if flat.size and flat.max() >= _MAX_ID:  # np.fromstring saturates at 2^63 - 1 instead of failing
+        for k, t in enumerate(tokens):
+            for j, tok in enumerate(t):
+                if len(tok.lstrip("0")) > 18:
+                    field = "user" if j == 0 else f"item (id {j} of the line)"
+                    raise DataError(
+                        f"{path} line {k + 1}, field {field}: expected an integer id below 10^18, got {tok!r}"
+                    )
     nonblank = ntok > 0
+    line_no = np.flatnonzero(nonblank) + 1
     ntok = ntok[nonblank]
     starts = np.cumsum(ntok) - ntok
     is_head = np.zeros(flat.size, dtype=bool)
     is_head[starts] = True
-    return flat[starts], ntok - 1, flat[~is_head]
+    return flat[starts], ntok - 1, flat[~is_head], line_no
 
 
-def _read_id_list(path: Path, n: int, what: str):
-    """``org_id remap_id`` list (NGCF ``user_list.txt``); returns original ids by remapped id, or None."""
+def _read_id_list(path: Path, n: int, what: str, parts: dict):
+    """``org_id remap_id`` list (NGCF ``user_list.txt``); returns original ids by remapped id, or None.
+
+    The list declares the id space: its ``remap_id`` must run over ``0..n-1`` once each, where ``n`` is
+    ``max id + 1`` of the split files. An id of the split files beyond the declared ids is named with its
+    file and line.
+    """
     if not path.is_file():
         return None
     df = _read_frame(path, sep=" ", header=0, names=["org_id", "remap_id"], dtype={"org_id": str})
     remap = _id_column(df, "remap_id", path, "remap_id")
     org = _token_column(df, "org_id", path, "org_id")
     if remap.size != n or not np.array_equal(np.sort(remap), np.arange(n)):
+        beyond = ""
+        if np.array_equal(np.sort(remap), np.arange(remap.size)):  # a valid list, but too short
+            f, line, field, value = _locate_id(parts, what, remap.size)
+            beyond = f"; {f} line {line}, field {field} has id {value}, beyond the {remap.size} declared"
         raise DataError(
             f"{path}: expected remap_id to run over 0..{n - 1} once each (the {what} id space of the "
-            "split files), "
-            f"found {remap.size} rows with ids {int(remap.min())}..{int(remap.max())}"
+            f"split files), found {remap.size} rows with ids {int(remap.min())}..{int(remap.max())}{beyond}"
         )
     out = np.empty(n, dtype=org.dtype)
     out[remap] = org
     return out
+
+
+def _locate_id(parts: dict, what: str, limit: int) -> tuple[Path, int, str, int]:
+    """``(file, line, field, id)`` of the first id ``>= limit`` of kind ``what`` (user/item) in the parts."""
+    for p, (heads, counts, items, lines) in parts.items():
+        ids = heads if what == "user" else items
+        bad = np.flatnonzero(ids >= limit)
+        if not bad.size:
+            continue
+        k = int(bad[0])
+        if what == "user":
+            return p, int(lines[k]), "user", int(heads[k])
+        ends = np.cumsum(counts)
+        row = int(np.searchsorted(ends, k, side="right"))
+        j = k - int(ends[row] - counts[row]) + 1
+        return p, int(lines[row]), f"item (id {j} of the line)", int(items[k])
+    raise AssertionError("no id beyond the limit")  # pragma: no cover - callers check that one exists
+
+
+def _check_dense_ids(parts: dict, what: str, n: int) -> None:
+    """NGCF ids are remapped to ``0..n-1`` already: refuse an id space far larger than the ids in use (a
+    file of another format, or one stray huge id, would otherwise allocate ``max id + 1`` rows)."""
+    ids = [v[0] if what == "user" else v[2] for v in parts.values()]
+    n_distinct = int(np.unique(np.concatenate(ids)).size)
+    limit = 10 * n_distinct + 100_000
+    if n > limit:
+        f, line, field, value = _locate_id(parts, what, limit)
+        raise DataError(
+            f"{f} line {line}, field {field}: expected a remapped 0-based id (the files use {n_distinct} "
+            f"distinct {what} ids), got {value}; NGCF files hold remapped ids (add a {what}_list.txt, or use "
+            "another format)"
+        )
 
 
 def read_ngcf(directory: str | Path) -> Split:
@@ -277,7 +376,10 @@ def read_ngcf(directory: str | Path) -> Split:
     ``train.txt`` and ``test.txt`` (and ``valid.txt`` if present) hold one line per user:
     ``user item item ...`` with 0-based ids. A user line with no items is legal. The id space is
     ``max id + 1`` over all files, so items that occur only in the test file stay in it. Original ids
-    come from ``user_list.txt`` / ``item_list.txt`` (``org_id remap_id``) when present.
+    come from ``user_list.txt`` / ``item_list.txt`` (``org_id remap_id``) when present; they declare the
+    id space, and an id beyond it is an error naming its file and line. A ``(user, item)`` pair repeated
+    within one file is collapsed later (:func:`recneg.data.preprocess.preprocess_split`) with a
+    :class:`DuplicateWarning`.
 
     Returns:
         Split with ``train``, ``test`` and ``valid`` (``None`` without ``valid.txt``); no
@@ -293,20 +395,24 @@ def read_ngcf(directory: str | Path) -> Split:
             raise DataError(
                 f"{directory}: expected NGCF split files train.txt and test.txt, missing {p.name}"
             )
-        heads, counts, items = _parse_id_lines(p)
-        parts[part] = (heads, np.repeat(heads, counts), items)
-    n_users = max(int(h.max()) + 1 if h.size else 0 for h, _, _ in parts.values())
-    n_items = max(int(i.max()) + 1 if i.size else 0 for _, _, i in parts.values())
-    user_ids = _read_id_list(directory / "user_list.txt", n_users, "user")
-    item_ids = _read_id_list(directory / "item_list.txt", n_items, "item")
+        parts[p] = _parse_id_lines(p)
+    n_users = max(int(h.max()) + 1 if h.size else 0 for h, _, _, _ in parts.values())
+    n_items = max(int(i.max()) + 1 if i.size else 0 for _, _, i, _ in parts.values())
+    user_ids = _read_id_list(directory / "user_list.txt", n_users, "user", parts)
+    item_ids = _read_id_list(directory / "item_list.txt", n_items, "item", parts)
     if user_ids is None:
+        _check_dense_ids(parts, "user", n_users)
         user_ids = np.arange(n_users)
     if item_ids is None:
+        _check_dense_ids(parts, "item", n_items)
         item_ids = np.arange(n_items)
-    out = {
-        k: Interactions(u, i, n_users, n_items, user_ids=user_ids, item_ids=item_ids)
-        for k, (_, u, i) in parts.items()
-    }
+    out = {}
+    for p, (heads, counts, items, lines) in parts.items():
+        inter = Interactions(
+            np.repeat(heads, counts), items, n_users, n_items, user_ids=user_ids, item_ids=item_ids
+        )
+        _check_duplicates(inter, np.repeat(lines, counts), p, "warn", "NGCF file")
+        out[p.stem] = inter
     return Split(
         train=out["train"],
         test=out["test"],
@@ -326,11 +432,13 @@ def read_sequences(path: str | Path) -> Interactions:
     cutoff over positions is legal but not meaningful.
     """
     path = Path(path)
-    heads, counts, items = _parse_id_lines(path)
+    heads, counts, items, lines = _parse_id_lines(path)
     users = np.repeat(heads, counts)
     starts = np.cumsum(counts) - counts
     pos = np.arange(items.size, dtype=np.float64) - np.repeat(starts, counts)
-    return from_arrays(users, items, timestamps=pos)
+    out = from_arrays(users, items, timestamps=pos)
+    _check_duplicates(out, np.repeat(lines, counts), path, "warn", "sequence file")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- MovieLens
@@ -365,7 +473,9 @@ def read_movielens(path: str | Path) -> Interactions:
     items = _id_column(df, "item", path, "item")
     ratings = _float_column(df, "rating", path, "rating", "a finite rating")
     times = _float_column(df, "timestamp", path, "timestamp", "a finite unix timestamp")
-    return from_arrays(users, items, timestamps=times, weights=ratings)
+    out = from_arrays(users, items, timestamps=times, weights=ratings)
+    _check_duplicates(out, df["_line"].to_numpy(), path, "error", "MovieLens ratings file")
+    return out
 
 
 def read_hetrec_lastfm(path: str | Path) -> Interactions:
@@ -376,11 +486,13 @@ def read_hetrec_lastfm(path: str | Path) -> Interactions:
     """
     path = Path(path)
     df = _read_frame(path, sep="\t", header=0, expected_header=["userID", "artistID", "weight"])
-    return from_arrays(
+    out = from_arrays(
         _id_column(df, "userID", path, "userID"),
         _id_column(df, "artistID", path, "artistID"),
         weights=_float_column(df, "weight", path, "weight", "a finite listening count"),
     )
+    _check_duplicates(out, df["_line"].to_numpy(), path, "error", "user_artists.dat file")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- generic
@@ -468,7 +580,9 @@ def read_table(path: str | Path, columns=None, sep: str | None = None) -> Intera
         if where == "row":
             raise DataError(str(e).replace(" line ", " row ", 1)) from None
         raise
-    return from_arrays(users, items, timestamps=t, weights=w)
+    out = from_arrays(users, items, timestamps=t, weights=w)
+    _check_duplicates(out, df["_line"].to_numpy(), path, "warn", "table", unit=where)
+    return out
 
 
 def read_recbole_inter(path: str | Path, columns=None) -> Interactions:
@@ -522,7 +636,9 @@ def read_recbole_inter(path: str | Path, columns=None) -> Interactions:
         if "weight" in cols and cols["weight"] in names
         else None
     )
-    return from_arrays(users, items, timestamps=t, weights=w)
+    out = from_arrays(users, items, timestamps=t, weights=w)
+    _check_duplicates(out, df["_line"].to_numpy(), path, "warn", ".inter file")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- dispatch
