@@ -180,3 +180,18 @@ def test_trains_mf_and_twotower(small_split):
         assert np.isfinite(res.history[0]["loss"])
         assert s.builds[:2] == [0, 4]
         assert res.history[0]["sampler"]["ann_fallback"] < 0.5
+
+
+def test_epoch_refresh_with_twotower_uses_the_item_tower(line):
+    train, _ = line
+    torch.manual_seed(0)
+    model = recneg.build_model("twotower", train, hidden=(8, 4), id_dim=4)
+    s = ANNHardSampler(ANNHardConfig(n_negatives=2, n_candidates=8, pick="top", index="flat")).bind(train)
+    s.on_epoch_start(0, model)
+    assert s.builds == [-1]
+    assert torch.allclose(s._items, model.tables()[1])
+    users = torch.tensor([0, 1])
+    neg = s(users, torch.tensor([7, 0]), model.view(users, torch.tensor([7, 0])))
+    scores = model.tables()[0][users] @ model.tables()[1].T
+    scores[0, [7, 5]] = scores[1, 0] = -float("inf")
+    assert neg.ids.tolist() == torch.topk(scores, 2).indices.tolist()

@@ -181,7 +181,8 @@ class ANNHardSampler(Sampler):
 
     def on_epoch_start(self, epoch: int, model, generator=None) -> None:
         if self.config.refresh_every == 0:
-            _, items = model.tables()
+            # TwoTower.item_table() encodes the items only; other models return both tables
+            items = model.item_table() if callable(getattr(model, "item_table", None)) else model.tables()[1]
             self.build(items, at_step=-1)
 
     # ------------------------------------------------------------------------------------------ sampling
