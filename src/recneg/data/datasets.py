@@ -31,7 +31,7 @@ import numpy as np
 from recneg.data import io as dio
 from recneg.data.interactions import Interactions, Split
 from recneg.data.preprocess import preprocess, preprocess_split
-from recneg.data.split import SPLITS, carve_validation, make_leak_free, split_interactions
+from recneg.data.split import SPLITS, carve_validation, check_split, make_leak_free, split_interactions
 from recneg.errors import ConfigError, DataError
 
 __all__ = [
@@ -501,7 +501,12 @@ def load_dataset(
         info.update({"split": protocol, "test_ratio": float(test_ratio)})
     for k, v in out.info.items():
         info.setdefault(k, v)
-    return Split(out.train, out.test, out.valid, name=name, info=info)
+    result = Split(out.train, out.test, out.valid, name=name, info=info)
+    filtered = threshold is not None or min_user > 1 or min_item > 1
+    note = f" after threshold={threshold}, min_user={min_user}, min_item={min_item}" if filtered else ""
+    cold_ok = info.get("split") == "temporal"  # users who arrive after the cutoff are test-only by design
+    check_split(result, source, cold_users=not cold_ok, negatives=False, note=note)
+    return result
 
 
 def _merge(split: Split) -> Interactions:

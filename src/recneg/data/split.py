@@ -38,6 +38,7 @@ from recneg.errors import ConfigError, DataError
 __all__ = [
     "SPLITS",
     "carve_validation",
+    "check_split",
     "latest_ratio_split",
     "leave_one_out_split",
     "make_leak_free",
@@ -306,3 +307,82 @@ def split_interactions(
     if protocol == "loo":
         return leave_one_out_split(inter, valid=_ratio("valid_ratio", valid_ratio, "split_interactions") > 0)
     raise ConfigError(f"split must be one of {['auto', 'given', *SPLITS]}, got {protocol!r}")
+
+
+def _orig(ids, k: int):
+    v = ids[k] if ids is not None else k
+    return v.item() if hasattr(v, "item") else v
+
+
+def check_split(
+    split: Split, source: str | None = None, cold_users: bool = True, negatives: bool = True, note: str = ""
+) -> None:
+    """Refuse a split that training or evaluation cannot use, with one line naming the first offender.
+
+    Checks, in order:
+
+    * every part shares the train part's id space (``n_users``, ``n_items``, and the original-id maps
+      where both parts carry them);
+    * with ``negatives``: no user has a training interaction with **every** item (no negative exists for
+      it; the trainer checks this, :func:`~recneg.data.datasets.load_dataset` does not, so such data can
+      still be loaded and described);
+    * with ``cold_users``: no user has validation or test interactions but no training interaction (a model
+      cannot rank for a user it never trained on). Items that occur only in validation or test stay legal.
+      :func:`~recneg.data.datasets.load_dataset` turns this off for the ``temporal`` protocol, whose global
+      cutoff makes users who arrive after it test-only by design.
+
+    Args:
+        split: the split to check.
+        source: what to call the data in messages (default ``split.name``).
+        cold_users: whether users without training interactions but with valid/test ones are an error.
+        negatives: whether users who have every item in train are an error.
+        note: appended to the cold-user message (e.g. the filters that were applied).
+
+    Raises:
+        DataError: the first failed check.
+    """
+    src = source or split.name
+    train = split.train
+    for name in ("valid", "test"):
+        part = getattr(split, name)
+        if part is None:
+            continue
+        if (part.n_users, part.n_items) != (train.n_users, train.n_items):
+            raise DataError(
+                f"{src}: the {name} part has an id space of {part.n_users} users x {part.n_items} items, "
+                f"train has {train.n_users} x {train.n_items}; expected one id space for all parts "
+                "(load_dataset builds one; by hand use Interactions.with_id_space)"
+            )
+        for what, a, b in (("user", train.user_ids, part.user_ids), ("item", train.item_ids, part.item_ids)):
+            if a is None or b is None or a is b:
+                continue
+            if len(a) != len(b) or not np.array_equal(a, b):
+                k = int(np.flatnonzero(a[: min(len(a), len(b))] != b[: min(len(a), len(b))])[0])
+                raise DataError(
+                    f"{src}: the {name} part maps internal {what} {k} to original id {_orig(b, k)!r}, train "
+                    f"maps it to {_orig(a, k)!r}; expected one id space for all parts"
+                )
+    degree = np.diff(train.csr.indptr)
+    full = np.flatnonzero(degree >= train.n_items) if negatives else np.zeros(0, dtype=np.int64)
+    if full.size:
+        u = int(full[0])
+        raise DataError(
+            f"{src}: user {_orig(train.user_ids, u)!r} has a training interaction with every one of the "
+            f"{train.n_items} items, so no negative item exists for it ({full.size} such users); expected "
+            "at least one item per user outside its training items (filter such users out)"
+        )
+    if not cold_users:
+        return
+    for name in ("valid", "test"):
+        part = getattr(split, name)
+        if part is None or len(part) == 0:
+            continue
+        cold = np.flatnonzero((part.user_counts > 0) & (degree == 0))
+        if cold.size:
+            u = int(cold[0])
+            raise DataError(
+                f"{src}: user {_orig(train.user_ids, u)!r} has {int(part.user_counts[u])} {name} "
+                f"interaction(s) but no training interaction{note} ({cold.size} such users); expected every "
+                f"{name} user to have training data (items that occur only in {name} are fine): remove these "
+                "users or re-split with split='random'"
+            )
