@@ -22,6 +22,7 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ from recneg.errors import ConfigError, DataError
 
 __all__ = [
     "DATASETS",
+    "CorruptFileWarning",
     "SPECS",
     "DatasetSpec",
     "RemoteFile",
@@ -247,6 +249,10 @@ _ALIASES = {
 SPLIT_CHOICES = ("auto", "given", *SPLITS)
 
 
+class CorruptFileWarning(UserWarning):
+    """A file of a named dataset does not match its recorded size or hash."""
+
+
 # ---------------------------------------------------------------------------------------------- locations
 def default_data_dir() -> Path:
     """``$RECNEG_DATA``, else ``$XDG_CACHE_HOME/recneg``, else ``~/.cache/recneg``."""
@@ -290,15 +296,45 @@ def _digests(path: Path) -> tuple[int, str, str]:
     return size, sha.hexdigest(), git.hexdigest()
 
 
-def _verify(path: Path, rf: RemoteFile, dataset: str) -> None:
+def _mismatch(path: Path, rf: RemoteFile) -> str | None:
+    """Why ``path`` is not the recorded file ``rf`` (size, SHA-256, git blob SHA-1), or ``None``."""
     size, sha, git = _digests(path)
-    where = f"downloaded {rf.name} of {dataset} ({rf.url})"
     if rf.size is not None and size != rf.size:
-        raise DataError(f"{where} has {size} bytes, expected {rf.size}; it was discarded")
+        return f"has {size} bytes, expected {rf.size}"
     if rf.sha256 is not None and sha != rf.sha256:
-        raise DataError(f"{where} has sha256 {sha}, expected {rf.sha256}; it was discarded")
+        return f"has sha256 {sha}, expected {rf.sha256}"
     if rf.git_sha1 is not None and git != rf.git_sha1:
-        raise DataError(f"{where} has git blob sha1 {git}, expected {rf.git_sha1}; it was discarded")
+        return f"has git blob sha1 {git}, expected {rf.git_sha1}"
+    return None
+
+
+def _verify(path: Path, rf: RemoteFile, dataset: str) -> None:
+    problem = _mismatch(path, rf)
+    if problem is not None:
+        raise DataError(f"downloaded {rf.name} of {dataset} ({rf.url}) {problem}; it was discarded")
+
+
+#: cached files that passed verification in this process: (path, size, mtime_ns)
+_VERIFIED: set[tuple[str, int, int]] = set()
+
+
+def _corrupt_cached(spec: DatasetSpec, folder: Path) -> dict[str, str]:
+    """Files of ``spec`` present in ``folder`` that fail their recorded size / hashes: name → why."""
+    bad = {}
+    for rf in spec.files:
+        p = folder / rf.name
+        if (rf.size is None and rf.sha256 is None and rf.git_sha1 is None) or not p.is_file():
+            continue
+        st = p.stat()
+        key = (str(p), st.st_size, st.st_mtime_ns)
+        if key in _VERIFIED:
+            continue
+        problem = _mismatch(p, rf)
+        if problem is None:
+            _VERIFIED.add(key)
+        else:
+            bad[rf.name] = problem
+    return bad
 
 
 def _tmp_in(folder: Path, suffix: str) -> Path:
@@ -319,16 +355,32 @@ def _missing_message(spec: DatasetSpec, folder: Path, missing: list[RemoteFile],
 def ensure_files(spec: DatasetSpec, folder: Path, download: bool = True) -> None:
     """Make sure the required files of ``spec`` are in ``folder``, downloading them if allowed.
 
+    Files already there that have a recorded size or hash are verified (once per process while their size
+    and mtime do not change). A file that fails is a corrupted cache entry: with ``download=True`` the
+    official file is fetched and verified, the damaged one is renamed ``<name>.corrupt`` and the new one
+    moved into place; with ``download=False`` it is used as it is, with a :class:`CorruptFileWarning`.
+
     Raises:
         DataError: files missing and ``download=False``, the download failed, or a file failed verification
             (nothing is left under a final name in that case).
     """
+    corrupt = _corrupt_cached(spec, folder)
+    if corrupt and not download:
+        for name, why in corrupt.items():
+            warnings.warn(
+                f"{folder / name} {why} (the official {spec.name} file); using it as it is "
+                "(download=True moves it to *.corrupt and fetches the official file)",
+                CorruptFileWarning,
+                stacklevel=3,
+            )
+        corrupt = {}
     missing = [rf for rf in spec.files if rf.required and not (folder / rf.name).is_file()]
+    missing += [rf for rf in spec.files if rf.required and rf.name in corrupt]
     if not missing:
         return
     if not download:
         raise DataError(_missing_message(spec, folder, missing, f"files missing in {folder}"))
-    wanted = [rf for rf in spec.files if not (folder / rf.name).is_file()]
+    wanted = [rf for rf in spec.files if not (folder / rf.name).is_file() or rf.name in corrupt]
     created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -370,6 +422,8 @@ def ensure_files(spec: DatasetSpec, folder: Path, download: bool = True) -> None
                 _verify(out, rf, spec.name)
                 ready.append((out, rf))
         for out, rf in ready:  # everything verified: move into place
+            if rf.name in corrupt:  # keep the damaged file for inspection, out of the way
+                os.replace(folder / rf.name, folder / f"{rf.name}.corrupt")
             os.replace(out, folder / rf.name)
     except OSError as e:  # disk full, read-only folder, ...
         raise DataError(_missing_message(spec, folder, missing, f"cannot write to {folder} ({e})")) from None
