@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recneg._validation import require_choice, require_float, require_int
+from recneg._validation import require_bool, require_choice, require_float, require_int
 from recneg.errors import ConfigError
 from recneg.registry import config_from_mapping, suggest
 
@@ -65,6 +65,13 @@ class TrainConfig:
     drop_last: bool = field(default=False, metadata={"help": "drop the last incomplete batch of an epoch"})
     mask_valid: bool = field(default=True, metadata={"help": "mask validation positives when testing"})
     progress: bool = field(default=True, metadata={"help": "show a tqdm progress bar"})
+    deterministic: bool = field(
+        default=False,
+        metadata={
+            "help": "torch.use_deterministic_algorithms(True) and CUBLAS_WORKSPACE_CONFIG=:4096:8 (CUDA: "
+            "same seed => same metrics, slower; an op without a deterministic kernel raises)"
+        },
+    )
 
     def __post_init__(self):
         require_int("epochs", self, low=1)
@@ -78,6 +85,10 @@ class TrainConfig:
         require_int("seed", self, low=0)
         require_int("threads", self, low=0)
         require_int("eval_chunk", self, low=1)
+        require_bool("drop_last", self)
+        require_bool("mask_valid", self)
+        require_bool("progress", self)
+        require_bool("deterministic", self)
         if not self.topk or any(isinstance(k, bool) or not isinstance(k, int) or k <= 0 for k in self.topk):
             raise ConfigError(f"topk of TrainConfig must be a list of ints >= 1, got {self.topk!r}")
         name, _, k = self.metric.partition("@")
@@ -114,6 +125,9 @@ class DataConfig:
         require_int("min_user", self, low=0)
         require_int("min_item", self, low=0)
         require_int("seed", self, low=0)
+        require_bool("download", self)
+        if self.threshold is not None:
+            require_float("threshold", self)
 
 
 @dataclass(frozen=True)
