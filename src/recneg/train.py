@@ -25,11 +25,26 @@ from torch import nn
 
 from recneg.config import RunConfig, TrainConfig
 from recneg.data.interactions import Split
-from recneg.errors import ConfigError
+from recneg.data.split import check_split
+from recneg.errors import ConfigError, DataError, RecnegError
 from recneg.eval.ranking import EvalResult, evaluate
 from recneg.losses import l2_regularization
 from recneg.samplers.base import Sampler
-from recneg.utils import atomic_torch_save, atomic_write_text, resolve_device, set_threads
+from recneg.utils import (
+    atomic_torch_save,
+    atomic_write_text,
+    resolve_device,
+    safe_torch_load,
+    set_deterministic,
+    set_threads,
+)
+
+CHECKPOINT_FORMAT = 1
+
+
+class DivergedError(RecnegError, FloatingPointError):
+    """The training loss became NaN or infinite (the CLI reports it in one line, exit status 2)."""
+
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.jsonl"
@@ -116,7 +131,9 @@ class Trainer:
         from recneg.losses import BPRLoss
 
         self.config = config or TrainConfig()
+        check_split(split, cold_users=False)  # one id space; every user has a negative item
         set_threads(self.config.threads)
+        set_deterministic(self.config.deterministic)
         self.device = resolve_device(self.config.device)
         self.split = split
         self.model = model.to(self.device)
@@ -201,8 +218,9 @@ class Trainer:
             bar.close()
         mean_loss = float(total) / n_batches
         if not math.isfinite(mean_loss):
-            raise FloatingPointError(
-                f"training loss became {mean_loss} in epoch {self.epoch + 1}; lower the lr"
+            raise DivergedError(
+                f"training loss became {mean_loss} in epoch {self.epoch + 1}; expected a finite loss: lower "
+                f"the lr ({cfg.lr:g}); the last checkpoint is kept"
             )
         record = {
             "epoch": self.epoch + 1,
@@ -301,7 +319,7 @@ class Trainer:
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
-            "format": 1,
+            "format": CHECKPOINT_FORMAT,
             "epoch": self.epoch,
             "model": self.model.state_dict(),
             "sampler": self.sampler.state_dict(),
@@ -348,8 +366,19 @@ class Trainer:
         path = Path(run_dir) / CHECKPOINT
         if not path.exists():
             return False
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        self.load_state(state)
+        state = safe_torch_load(path, map_location=self.device)
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            got = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise DataError(
+                f"{path}: expected a recneg checkpoint of format {CHECKPOINT_FORMAT}, got {got!r}"
+            )
+        try:
+            self.load_state(state)
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise DataError(
+                f"{path}: does not fit this run ({type(e).__name__}: {first}); was the config changed?"
+            ) from None
         return True
 
 
@@ -396,4 +425,4 @@ def _merge(config: TrainConfig, overrides: dict) -> TrainConfig:
     return config_from_mapping(TrainConfig, {**_fields(config), **overrides}, "fit()")
 
 
-__all__ = ["Trainer", "RunResult", "fit"]
+__all__ = ["DivergedError", "Trainer", "RunResult", "fit"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from recneg.errors import ConfigError
+from recneg.errors import ConfigError, DataError
 
 
 def _atomic_write(path: str | Path, write) -> None:
@@ -42,6 +42,42 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_torch_save(obj, path: str | Path) -> None:
     _atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def safe_torch_load(path: str | Path, map_location="cpu"):
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never code.
+
+    A file that holds any other object (a pickled class, a function) is refused, and an unreadable one
+    (truncated, empty, not a torch file) is named, both as a one-line :class:`~recneg.errors.DataError`.
+    """
+    import pickle
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln]
+        if lines:
+            raise DataError(
+                f"{path}: refused to load: it holds a pickled object, not only tensors ({lines[0]}); "
+                "recneg never unpickles code from files"
+            ) from None
+        raise DataError(f"{path}: not a readable torch file (unpickling failed); is it corrupted?") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(f"{path}: not a readable torch file ({type(e).__name__}: {first})") from None
+
+
+def set_deterministic(on: bool) -> None:
+    """Make torch use deterministic kernels (``torch.use_deterministic_algorithms(True)``, no warn-only).
+
+    Also sets ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless it is set (cuBLAS needs it for reproducible
+    matmuls on CUDA >= 10.2; it must be in place before the first cuBLAS call of the process, so set it in
+    the shell when CUDA was used before). ``on=False`` leaves torch's global setting as it is.
+    """
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=False)
 
 
 def resolve_device(device: str) -> torch.device:
