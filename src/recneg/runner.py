@@ -13,8 +13,10 @@ import dataclasses
 import json
 from pathlib import Path
 
+import torch
+
 from recneg.config import RunConfig
-from recneg.errors import ConfigError
+from recneg.errors import ConfigError, DataError
 from recneg.registry import LOSSES, MODELS, SAMPLERS, build_loss, build_model, build_sampler
 from recneg.train import CHECKPOINT, METRICS, RunResult, Trainer
 
@@ -66,11 +68,12 @@ def build_components(cfg: RunConfig, split):
 def run(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = False) -> RunResult:
     """Load data, build components, train (resuming from ``out_dir`` when asked), write the run folder."""
     split = load_split(cfg)
+    torch.manual_seed(cfg.train.seed)  # the seed decides the initial weights too (same seed => same run)
     model, sampler, loss = build_components(cfg, split)
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
+        if not resume or not (out_dir / CHECKPOINT).is_file():  # no checkpoint: the run starts afresh
             for stale in (CHECKPOINT, METRICS, "history.jsonl", "model.pt"):
                 (out_dir / stale).unlink(missing_ok=True)
         cfg.save(out_dir / "config.json")
@@ -95,11 +98,18 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
 def resume(run_dir: str | Path) -> tuple[RunResult | None, dict | None]:
     """Continue the run in ``run_dir`` with its saved config.
 
+    With a ``checkpoint.pt`` the run continues from it exactly (model, optimiser, sampler buffers, RNG
+    states, history, early-stopping state); a run killed before its first checkpoint starts afresh from the
+    saved config (its partial ``history.jsonl`` is dropped); a finished run (``metrics.json``) is not rerun.
+
     Returns ``(result, None)`` after training, or ``(None, metrics)`` when the run had already finished.
     """
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     metrics_path = run_dir / METRICS
     if metrics_path.is_file():
-        return None, json.loads(metrics_path.read_text())
+        try:
+            return None, json.loads(metrics_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{metrics_path}: not valid JSON ({exc})") from None
     return run(cfg, run_dir, resume=True), None
