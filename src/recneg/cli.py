@@ -1,4 +1,4 @@
-"""Command line: ``recneg train | evaluate | retrieve | list | data``.
+"""Command line: ``recneg train | evaluate | retrieve | list | data | compare | tune | reproduce``.
 
 Only this module parses arguments. It builds typed configs and hands them to the library; any
 :class:`~recneg.errors.RecnegError` becomes a one-line message on stderr and exit status 2.
@@ -270,6 +270,161 @@ def cmd_data(args) -> int:
     return 0
 
 
+def _experiment_train(args) -> dict:
+    """TrainConfig fields shared by the jobs of ``compare`` / ``tune`` (only the flags given)."""
+    train = {"progress": False, "threads": 1}
+    for flag in ("epochs", "batch_size", "lr", "reg", "eval_every", "patience", "metric", "device"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            train[flag] = value
+    if getattr(args, "topk", None):
+        train["topk"] = tuple(int(k) for k in args.topk.split(",") if k.strip())
+    return train
+
+
+def _experiment_data(args, dataset: str) -> dict:
+    from recneg.experiments import data_spec
+
+    extra = {"valid_ratio": args.valid_ratio, "split": args.split, "seed": args.split_seed}
+    if args.test_ratio is not None:
+        extra["test_ratio"] = args.test_ratio
+    return data_spec(dataset, args.data_dir, **extra)
+
+
+def _add_experiment_flags(p, jobs: bool = True) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data-dir", help="folder holding named datasets")
+    g.add_argument("--split", default="auto", help="auto | random | temporal | latest | loo")
+    g.add_argument("--split-seed", type=int, default=0, help="seed of the data split, shared by all runs")
+    g.add_argument("--valid-ratio", type=float, default=0.1, help="validation share (0 = none)")
+    g.add_argument("--test-ratio", type=float, help="test share of a random per-user split")
+    g = p.add_argument_group("training (shared by every run)")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--reg", type=float, help="λ of the R1 regulariser")
+    g.add_argument("--eval-every", type=int)
+    g.add_argument("--patience", type=int)
+    g.add_argument("--metric", help="early-stopping / tuning metric, e.g. recall@20")
+    g.add_argument("--topk", help="comma list of K")
+    g.add_argument("--device", help="auto | cpu | cuda")
+    if jobs:
+        g.add_argument("--jobs", type=int, default=1, help="worker processes (0 = one per core)")
+
+
+def cmd_compare(args) -> int:
+    from recneg.experiments import compare
+
+    if not args.method:
+        raise ConfigError(
+            "compare needs at least one --method, e.g. --method uniform --method dns:n_candidates=16"
+        )
+    datasets = [_experiment_data(args, d) for d in (args.dataset or ["synthetic"])]
+    extras = {"auc_betas": [float(b) for b in args.auc.split(",")]} if args.auc else {}
+    if args.hits_k:
+        extras["hit_k"] = args.hits_k
+    if args.diagnostics:
+        extras["diagnostics"] = [d.strip() for d in args.diagnostics.split(";") if d.strip()]
+    rows = compare(
+        datasets,
+        args.model or ["mf"],
+        args.method,
+        [int(s) for s in args.seeds.split(",") if s.strip()],
+        _experiment_train(args),
+        args.out,
+        baseline=args.baseline,
+        n_jobs=args.jobs,
+        tuned=args.tuned,
+        extras=extras,
+        command="recneg " + " ".join(sys.argv[1:]),
+    )
+    print(f"{len(rows)} rows; report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from recneg.experiments.tune import tune
+
+    if not args.method:
+        raise ConfigError("tune needs at least one --method")
+    summary = tune(
+        _experiment_data(args, args.dataset),
+        args.model,
+        args.method,
+        args.trials,
+        _experiment_train(args),
+        args.out,
+        seed=args.seed,
+        tune_train=not args.no_train_params,
+    )
+    for label, t in summary["methods"].items():
+        settings = {**t["sampler"], **t["loss"], **t["train"]}
+        print(f"{label}: valid {summary['metric']} {t['value']:.4f} with {settings}")
+    print(f"tuned settings: {Path(args.out) / 'tuned.json'} (use: recneg compare --tuned ...)")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from recneg.experiments.reproduce import CLAIMS, Context, reproduce
+
+    if args.name == "list":
+        for name, fn in CLAIMS.items():
+            print(f"{name:<28} {(fn.__doc__ or '').strip().splitlines()[0]}")
+        return 0
+    out = Path(args.out or f"reproduce/{args.name}-{args.size}")
+    ctx = Context(
+        size=args.size,
+        out=out,
+        data_dir=args.data_dir,
+        dataset=args.dataset,
+        n_jobs=args.jobs,
+        seeds=[int(s) for s in args.seeds.split(",")] if args.seeds else None,
+        epochs=args.epochs,
+        command="recneg " + " ".join(sys.argv[1:]),
+    )
+    payload = reproduce(args.name, ctx)
+    for v in payload["verdicts"]:
+        verdict = "held" if v["held"] else ("not held" if v["held"] is not None else "n/a")
+        print(f"[{verdict}] {v['claim']}: {v['evidence']}")
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def _add_experiment_parsers(sub) -> None:
+    p = sub.add_parser("compare", help="grid of samplers × models × seeds × datasets, significance table")
+    p.add_argument("--dataset", action="append", help="dataset name or path (repeatable; default synthetic)")
+    p.add_argument("--model", action="append", help="NAME[:k=v,...] (repeatable; default mf)")
+    p.add_argument(
+        "--method", action="append", help="[LABEL=]SAMPLER[:k=v,...][+LOSS[:k=v,...]] (repeatable)"
+    )
+    p.add_argument("--seeds", default="0,1,2", help="comma list of training seeds")
+    p.add_argument("--baseline", help="method label the others are tested against (default: the first)")
+    p.add_argument("--tuned", metavar="TUNED_JSON", help="use the settings found by recneg tune")
+    p.add_argument("--auc", metavar="BETAS", help="also compute AUC and OPAUC at these β, e.g. 0.01,0.1")
+    p.add_argument("--hits-k", type=int, help="store each run's test hit set at this K (for PER)")
+    p.add_argument("--diagnostics", help="';'-list: hardness;pool;histogram;overlap=SAMPLER:k=v")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (resumes if it exists)")
+    _add_experiment_flags(p)
+    p = sub.add_parser("tune", help="Optuna search, the same trial budget per method (needs recneg[tune])")
+    p.add_argument("--dataset", default="synthetic")
+    p.add_argument("--model", default="mf", help="NAME[:k=v,...]")
+    p.add_argument("--method", action="append", help="[LABEL=]SAMPLER[:k=v][+LOSS[:k=v]] (repeatable)")
+    p.add_argument("--trials", type=int, default=20, help="trials per method")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search and of the training runs")
+    p.add_argument("--no-train-params", action="store_true", help="do not search lr and reg")
+    p.add_argument("--out", required=True, metavar="DIR")
+    _add_experiment_flags(p, jobs=False)
+    p = sub.add_parser("reproduce", help="reproduce a paper claim: table, figures, verdict ('list': all)")
+    p.add_argument("name", help="claim name, or 'list'")
+    p.add_argument("--size", choices=["smoke", "full"], default="smoke")
+    p.add_argument("--data-dir", help="folder holding named datasets (full size)")
+    p.add_argument("--dataset", help="dataset of the full size (default per claim: ml-100k)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default reproduce/NAME-SIZE)")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes (0 = one per core)")
+    p.add_argument("--seeds", help="comma list of seeds (overrides the claim's)")
+    p.add_argument("--epochs", type=int, help="override the claim's epochs")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recneg", description="Negative sampling for recommender training.")
     parser.add_argument("--version", action="version", version=f"recneg {__version__}")
@@ -295,6 +450,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir")
     s.add_argument("--split", default="auto")
     s.add_argument("--no-download", action="store_true")
+    _add_experiment_parsers(sub)
     return parser
 
 
@@ -304,6 +460,9 @@ COMMANDS = {
     "retrieve": cmd_retrieve,
     "list": cmd_list,
     "data": cmd_data,
+    "compare": cmd_compare,
+    "tune": cmd_tune,
+    "reproduce": cmd_reproduce,
 }
 
 
