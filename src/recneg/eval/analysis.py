@@ -378,7 +378,7 @@ def paired_test(a, b, test: str = "ttest") -> dict[str, float]:
     if np.all(d == 0):
         return {**out, "statistic": 0.0, "pvalue": 1.0}
     if test == "ttest":
-        if np.all(d == d[0]):  # constant non-zero difference: t is infinite
+        if np.ptp(d) <= 1e-12 * max(1.0, float(np.abs(d).max())):  # constant non-zero difference: t infinite
             return {**out, "statistic": math.copysign(math.inf, d[0]), "pvalue": 0.0}
         res = stats.ttest_rel(a, b)
     else:
