@@ -265,8 +265,11 @@ def _time_column(df: pd.DataFrame, col, path: Path, field: str) -> np.ndarray:
             with warnings.catch_warnings():  # "could not infer format": fine, we check every value below
                 warnings.simplefilter("ignore", UserWarning)
                 dt = pd.to_datetime(s, errors="coerce", utc=True)
-            if dt.notna().all():
-                return (dt - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype=np.float64)
+            if dt.notna().all():  # via numpy microseconds: any pandas unit, years 1..9999, no overflow
+                us = dt.dt.tz_convert(None).to_numpy().astype("datetime64[us]").astype(np.int64)
+                return us.astype(np.float64) / 1e6
+            if dt.notna().any():
+                _bad_row(df, dt.isna().to_numpy(), col, path, field, "a date like the other rows")
     return _float_column(df, col, path, field, "a finite timestamp (number or date)")
 
 
