@@ -148,6 +148,7 @@ def main(argv=None) -> None:
     cols = [
         "protocol",
         "lr",
+        "reg",
         "epochs_run",
         "best_epoch",
         "seconds_per_epoch",
