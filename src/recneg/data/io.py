@@ -295,7 +295,10 @@ def _parse_id_lines(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
                     raise DataError(
                         f"{path} line {k + 1}, field {field}: expected a non-negative integer id, got {tok!r}"
                     )
-    flat = np.fromstring(text, dtype=np.int64, sep=" ") if ntok.sum() else np.zeros(0, np.int64)
+    try:
+        flat = np.fromstring(text, dtype=np.int64, sep=" ") if ntok.sum() else np.zeros(0, np.int64)
+    except ValueError:  # whitespace that str.split knows and numpy does not (\x1c, \x85, ...): re-join
+        flat = np.fromstring(" ".join(" ".join(t) for t in tokens), dtype=np.int64, sep=" ")
     if flat.size != ntok.sum():  # pragma: no cover - guarded by the digit check above
         raise DataError(f"{path}: could not parse every id as an integer")
     if flat.size and flat.max() >= _MAX_ID:  # np.fromstring saturates at 2^63 - 1 instead of failing
