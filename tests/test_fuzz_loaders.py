@@ -108,6 +108,22 @@ def test_ngcf_loader_raises_only_data_error(target, case, via_load):
             _expect_data_error_only(lambda: dio.read_ngcf(root))
 
 
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("Beauty.txt", b"\x1c0"),  # a separator str.split knows and np.fromstring does not
+        ("Beauty.txt", b"1 2\x853 4\n"),
+        ("log.csv", b"user,item,time\na,x,2020-01-01\nb,y,0020-01-01\n"),  # pandas ns-range overflow
+        ("log.csv", b"user,item,time\na,x,2020-01-01\nb,y,1970-01-02T00:00:01\n"),
+    ],
+)
+def test_found_by_fuzzing(name, data):
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / name
+        path.write_bytes(data)
+        _expect_data_error_only(lambda: dio.read_path(path))
+
+
 def test_valid_fixtures_load():
     """The seeds of the fuzzing are valid files (so the mutations are near-valid)."""
     with tempfile.TemporaryDirectory() as d:
