@@ -30,6 +30,7 @@ TRAIN_FLAGS = {
     "optimizer": "optimizer",
     "metric": "metric",
     "weight_decay": "weight_decay",
+    "deterministic": "deterministic",
 }
 DATA_FLAGS = {
     "dataset": "dataset",
@@ -100,6 +101,12 @@ def _add_train_parser(sub) -> None:
         "--out", metavar="RUN_DIR", help="run folder (default runs/<dataset>-<model>-<sampler>-<time>)"
     )
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    g.add_argument(
+        "--deterministic",
+        action="store_true",
+        default=None,
+        help="use only deterministic kernels (CUDA; CPU runs are deterministic already)",
+    )
 
 
 def build_run_config(args: argparse.Namespace):
@@ -197,10 +204,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    import torch
 
     from recneg.eval.ranking import evaluate
     from recneg.runner import build_components, load_run_config, load_split
+    from recneg.utils import safe_torch_load
 
     cfg = load_run_config(args.run_dir)
     weights = Path(args.run_dir) / "model.pt"
@@ -208,7 +215,7 @@ def cmd_evaluate(args) -> int:
         raise ConfigError(f"{args.run_dir}: no model.pt yet (the run has not evaluated once)")
     split = load_split(cfg)
     model, _, _ = build_components(cfg, split)
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model.load_state_dict(safe_torch_load(weights, map_location="cpu"))
     res = evaluate(model, split, args.part, cfg.train.topk, mask_valid=cfg.train.mask_valid)
     print(format_metrics(res.metrics, f"{args.part:<6}"))
     if args.json:
@@ -476,6 +483,10 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except RecnegError as exc:
         print(f"recneg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. a run folder that cannot be written
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"recneg {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint is kept (resume with --resume RUN_DIR)", file=sys.stderr)

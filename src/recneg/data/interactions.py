@@ -156,7 +156,9 @@ class Interactions:
         return {"users": tolist(self.user_ids, self.n_users), "items": tolist(self.item_ids, self.n_items)}
 
     def save_id_maps(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.id_maps()))
+        from recneg.utils import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.id_maps()))
 
 
 @dataclass
