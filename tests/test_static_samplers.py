@@ -16,7 +16,7 @@ def _view(train, users, pos, dim=4):
     return model.view(users, pos)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(
     st.integers(2, 6),
     st.integers(3, 12),
