@@ -13,6 +13,7 @@ _MODULES = [
     "recneg.samplers.mixing",
     "recneg.samplers.ans",
     "recneg.samplers.batch",
+    "recneg.samplers.ann",
 ]
 
 for _name in _MODULES:

@@ -369,7 +369,3 @@ class PopularityCorpusSampler(UniformCorpusSampler):
         cdf = self._tables(device)[1]
         u = torch.rand(n, device=device, generator=generator, dtype=torch.float64)
         return torch.searchsorted(cdf, u, right=True).clamp_(max=self.train_.n_items - 1)
-
-
-# ``ann_hard`` (samplers/ann.py) registers on import; imported here until recneg._builtins lists it.
-import recneg.samplers.ann  # noqa: E402,F401
