@@ -70,16 +70,7 @@ def _trainer(split, name, out_dir):
     return Trainer(model, build_sampler(name, **args), split, build_loss(loss), cfg, out_dir)
 
 
-ANN_GAP = pytest.mark.xfail(
-    strict=True,
-    reason="ann_hard keeps its item snapshot / index outside the state dict: after a resume the index is "
-    "rebuilt from the current weights instead of the snapshot of its last refresh (see docs/errors.md)",
-)
-
-
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=ANN_GAP) if n == "ann_hard" else n for n in sorted(CASES)]
-)
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_stateful_sampler_resumes_exactly(split, name, tmp_path, monkeypatch):
     full = _trainer(split, name, tmp_path / "a").run()
 

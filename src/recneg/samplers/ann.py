@@ -114,6 +114,8 @@ class ANNHardSampler(Sampler):
     def __init__(self, config: ANNHardConfig | None = None):
         super().__init__(config or ANNHardConfig())
         self.register_buffer("step_", torch.zeros((), dtype=torch.long))
+        # the item table of the last build, so a resumed run rebuilds the very same index (checkpointed)
+        self.register_buffer("snapshot_", torch.zeros(0, 0))
         self._step: int | None = 0  # python mirror of step_ (None after loading a state dict)
         self._items: Tensor | None = None  # exact path: the item snapshot on its device
         self._index: ItemIndex | None = None  # approximate path
@@ -121,8 +123,11 @@ class ANNHardSampler(Sampler):
         self.build_seconds = 0.0
         self._warned = False
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        saved = state_dict.get(prefix + "snapshot_")
+        if saved is not None and saved.shape != self.snapshot_.shape:
+            self.snapshot_ = torch.empty_like(saved, device=self.snapshot_.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._step = None
         self._items = self._index = None
 
@@ -139,6 +144,7 @@ class ANNHardSampler(Sampler):
 
         start = time.perf_counter()
         items = item_table.detach()
+        self.snapshot_ = items.clone()
         if self.exact:
             if self.config.index != "flat" and not self._warned:
                 warnings.warn(
@@ -194,9 +200,13 @@ class ANNHardSampler(Sampler):
             self._step = int(self.step_)
         step = self._step
         due = c.refresh_every > 0 and step % c.refresh_every == 0
-        if due or (self._items is None and self._index is None):
+        if due:
             with torch.no_grad():
                 self.build(view.all_items(), at_step=step)
+        elif self._items is None and self._index is None:  # first use, or just resumed
+            with torch.no_grad():
+                table = self.snapshot_ if self.snapshot_.numel() else view.all_items()
+                self.build(table, at_step=step)
         self._step = step + 1
         self.step_.fill_(self._step)
 
