@@ -31,6 +31,7 @@ TRAIN_FLAGS = {
     "metric": "metric",
     "weight_decay": "weight_decay",
     "deterministic": "deterministic",
+    "logger": "logger",
 }
 DATA_FLAGS = {
     "dataset": "dataset",
@@ -101,6 +102,11 @@ def _add_train_parser(sub) -> None:
         "--out", metavar="RUN_DIR", help="run folder (default runs/<dataset>-<model>-<sampler>-<time>)"
     )
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    g.add_argument(
+        "--logger",
+        choices=["jsonl", "csv", "tensorboard", "none"],
+        help="extra per-epoch log beside history.jsonl: metrics.csv or TensorBoard events (default jsonl)",
+    )
     g.add_argument(
         "--deterministic",
         action="store_true",

@@ -65,6 +65,10 @@ class TrainConfig:
     drop_last: bool = field(default=False, metadata={"help": "drop the last incomplete batch of an epoch"})
     mask_valid: bool = field(default=True, metadata={"help": "mask validation positives when testing"})
     progress: bool = field(default=True, metadata={"help": "show a tqdm progress bar"})
+    logger: str = field(
+        default="jsonl",
+        metadata={"help": "jsonl | csv | tensorboard | none (history.jsonl is always written)"},
+    )
     deterministic: bool = field(
         default=False,
         metadata={
@@ -89,6 +93,7 @@ class TrainConfig:
         require_bool("mask_valid", self)
         require_bool("progress", self)
         require_bool("deterministic", self)
+        require_choice("logger", self, {"jsonl", "csv", "tensorboard", "none"})
         if not self.topk or any(isinstance(k, bool) or not isinstance(k, int) or k <= 0 for k in self.topk):
             raise ConfigError(f"topk of TrainConfig must be a list of ints >= 1, got {self.topk!r}")
         name, _, k = self.metric.partition("@")

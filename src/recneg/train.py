@@ -28,6 +28,7 @@ from recneg.data.interactions import Split
 from recneg.data.split import check_split
 from recneg.errors import ConfigError, DataError, RecnegError
 from recneg.eval.ranking import EvalResult, evaluate
+from recneg.logging import make_logger
 from recneg.losses import l2_regularization
 from recneg.samplers.base import Sampler
 from recneg.utils import (
@@ -144,6 +145,7 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.run_config = run_config
         self.callbacks = list(callbacks or [])
+        self.logger = make_logger(self.config.logger, self.out_dir)  # extra sink beside history.jsonl
         if len(split.train) == 0:
             raise ConfigError("the training part is empty: nothing to train on")
         cfg = self.config
@@ -259,6 +261,7 @@ class Trainer:
                 self._after_eval(metrics)
             self.history.append(record)
             self._append_history(record)
+            self.logger.log(record, self.history)
             if is_eval:
                 self.save_checkpoint()
         return self._finish()
@@ -281,6 +284,7 @@ class Trainer:
                 self.stopped = True
 
     def _finish(self) -> RunResult:
+        self.logger.close()
         if self.use_valid and self.best_state is not None:
             self.model.load_state_dict(self.best_state["model"])
             self.sampler.load_state_dict(self.best_state["sampler"])
