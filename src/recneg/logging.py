@@ -20,6 +20,7 @@ import csv
 import io
 import math
 from pathlib import Path
+from typing import Any
 
 from recneg.errors import ConfigError
 
@@ -81,7 +82,7 @@ class TensorBoardLogger(Logger):
 
     def __init__(self, out_dir: Path):
         self.log_dir = Path(out_dir) / TENSORBOARD_DIR
-        self.writer = None
+        self.writer: Any = None
         _summary_writer()  # fail at construction, not after the first epoch
 
     def log(self, record: dict, history: list[dict]) -> None:
