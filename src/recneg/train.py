@@ -30,6 +30,7 @@ from recneg.errors import ConfigError, DataError, RecnegError
 from recneg.eval.ranking import EvalResult, evaluate
 from recneg.logging import make_logger
 from recneg.losses import l2_regularization
+from recneg.resources import check_fits
 from recneg.samplers.base import Sampler
 from recneg.utils import (
     atomic_torch_save,
@@ -137,9 +138,11 @@ class Trainer:
         set_deterministic(self.config.deterministic)
         self.device = resolve_device(self.config.device)
         self.split = split
-        self.model = model.to(self.device)
         if sampler.train_ is None:
             sampler.bind(split.train)
+        # pre-flight: a one-line ConfigError naming the setting to lower, not an out-of-memory crash later
+        check_fits(model, sampler, split, self.config, self.device)
+        self.model = model.to(self.device)
         self.sampler = sampler.to(self.device)
         self.loss_fn = (loss or BPRLoss()).to(self.device)
         self.out_dir = Path(out_dir) if out_dir is not None else None

@@ -20,6 +20,7 @@ from torch import Tensor
 from recneg.data.interactions import Interactions, PositiveIndex, Split
 from recneg.errors import ConfigError
 from recneg.eval.metrics import topk_metrics
+from recneg.resources import format_bytes, is_out_of_memory
 
 
 @dataclass
@@ -86,22 +87,42 @@ def rank_topk(
     item_t = item_table.T.contiguous()
     for start in range(0, users.numel(), chunk_size):
         chunk = users[start : start + chunk_size]
-        scores = user_table[chunk] @ item_t  # [c, n_items]
-        if exclude is not None:
-            lo, hi = exclude.indptr[chunk], exclude.indptr[chunk + 1]
-            counts = hi - lo
-            if int(counts.sum()) > 0:
-                rows = torch.repeat_interleave(torch.arange(chunk.numel(), device=scores.device), counts)
-                offsets = torch.arange(rows.numel(), device=scores.device) - torch.repeat_interleave(
-                    torch.cumsum(counts, 0) - counts, counts
-                )
-                cols = exclude.indices[torch.repeat_interleave(lo, counts) + offsets]
-                scores[rows, cols] = float("-inf")
-        if deterministic_ties:
-            out.append(torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k])
-        else:
-            out.append(torch.topk(scores, k, dim=1, sorted=True).indices)
+        try:
+            out.append(_rank_chunk(user_table, item_t, chunk, k, exclude, deterministic_ties))
+        except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+            if not is_out_of_memory(exc):
+                raise
+            need = format_bytes(chunk.numel() * n_items * 4)
+            raise ConfigError(
+                f"evaluation ran out of memory scoring {chunk.numel()} users × n_items={n_items} items at "
+                f"once ({need} of scores, eval_chunk={chunk_size}); lower eval_chunk"
+            ) from None
     return torch.cat(out) if out else torch.zeros(0, k, dtype=torch.long, device=user_table.device)
+
+
+def _rank_chunk(
+    user_table: Tensor,
+    item_t: Tensor,
+    chunk: Tensor,
+    k: int,
+    exclude: PositiveIndex | None,
+    deterministic_ties: bool,
+) -> Tensor:
+    """Top-``k`` of one chunk of users. Shape: ``chunk [c]`` -> ``[c, k]``; memory ``c × n_items`` floats."""
+    scores = user_table[chunk] @ item_t  # [c, n_items]
+    if exclude is not None:
+        lo, hi = exclude.indptr[chunk], exclude.indptr[chunk + 1]
+        counts = hi - lo
+        if int(counts.sum()) > 0:
+            rows = torch.repeat_interleave(torch.arange(chunk.numel(), device=scores.device), counts)
+            offsets = torch.arange(rows.numel(), device=scores.device) - torch.repeat_interleave(
+                torch.cumsum(counts, 0) - counts, counts
+            )
+            cols = exclude.indices[torch.repeat_interleave(lo, counts) + offsets]
+            scores[rows, cols] = float("-inf")
+    if deterministic_ties:
+        return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+    return torch.topk(scores, k, dim=1, sorted=True).indices
 
 
 @torch.no_grad()
