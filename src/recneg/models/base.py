@@ -79,6 +79,14 @@ class ModelView:
         raise NotImplementedError
 
 
+def _rows(table: Tensor, ids: Tensor) -> Tensor:
+    """``table[ids]`` as one ``index_select`` (on CPU ~3× faster than 2-D advanced indexing).
+
+    Shape: ``table [n, *f]``, ``ids [*s]`` -> ``[*s, *f]``.
+    """
+    return table.index_select(0, ids.reshape(-1)).view(*ids.shape, *table.shape[1:])
+
+
 class TableView(ModelView):
     """A view over full user/item tables (MF, LightGCN): every lookup is an index into a tensor.
 
@@ -114,10 +122,15 @@ class TableView(ModelView):
         self.n_layers = None if item_layer_table is None else int(item_layer_table.shape[1])
 
     def item_emb(self, ids: Tensor) -> Tensor:
-        return self.item_table[ids]
+        return _rows(self.item_table, ids)
 
     def item_ego(self, ids: Tensor) -> Tensor:
-        return self.item_ego_table[ids]
+        return _rows(self.item_ego_table, ids)
+
+    def score(self, ids: Tensor) -> Tensor:
+        with torch.no_grad():
+            cand = _rows(self.item_table.detach(), ids)  # [B, n, d]
+            return torch.bmm(cand, self.user_emb.detach().unsqueeze(2)).squeeze(2)
 
     @property
     def user_ego(self) -> Tensor:
@@ -126,7 +139,7 @@ class TableView(ModelView):
     def item_layers(self, ids: Tensor) -> Tensor:
         if self.item_layer_table is None:
             return super().item_layers(ids)
-        return self.item_layer_table[ids]
+        return _rows(self.item_layer_table, ids)
 
     @property
     def user_layers(self) -> Tensor:
