@@ -95,6 +95,7 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     g.add_argument("--threads", type=int, help="torch CPU threads (0 = default); recorded in the config")
     g.add_argument("--eval-every", type=int, help="evaluate every E epochs")
+    g.add_argument("--eval-chunk", type=int, help="users scored at once in evaluation (memory bound)")
     g.add_argument("--patience", type=int, help="evaluations without improvement before stopping")
     g.add_argument("--metric", help="early-stopping metric, e.g. recall@20")
     g.add_argument("--topk", help="comma list of K (default 10,20,50)")
