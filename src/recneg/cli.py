@@ -31,6 +31,7 @@ TRAIN_FLAGS = {
     "metric": "metric",
     "weight_decay": "weight_decay",
     "deterministic": "deterministic",
+    "eval_chunk": "eval_chunk",
     "logger": "logger",
 }
 DATA_FLAGS = {
