@@ -199,4 +199,24 @@ def categorical_pool(
     pool = draw(users.numel() * n).view(users.numel(), n)
     if not exclude_positives:
         return pool
-    return _redraw_positives(index, users.reshape(-1), pool, draw, max_rounds)
+    rows = users.reshape(-1)
+    if bool(index.contains(rows.unsqueeze(1), pool).any()):
+        _check_proposal_support(index, rows, probs)
+    return _redraw_positives(index, rows, pool, draw, max_rounds)
+
+
+def _check_proposal_support(index: PositiveIndex, users: Tensor, probs: Tensor) -> None:
+    """Fail at once when a user's positives hold all of the proposal's mass (no negative can be drawn)."""
+    p = probs.to(torch.float64)
+    owner = torch.repeat_interleave(torch.arange(index.n_users, device=p.device), index.degree)
+    mass = torch.zeros(index.n_users, dtype=torch.float64, device=p.device).index_add_(
+        0, owner, p[index.indices]
+    )
+    left = 1.0 - mass[users] / p.sum()
+    stuck = left <= 1e-12
+    if bool(stuck.any()):
+        u = int(users[stuck][0])
+        raise DataError(
+            f"user {u}: every item of non-zero proposal probability is a training positive; no negative "
+            "can be drawn (use the uniform proposal, or filter such users out)"
+        )
