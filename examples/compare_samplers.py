@@ -1,6 +1,6 @@
 """Three samplers on the same data and model, one table: uniform (RNS), popularity (PNS) and DNS.
 
-    python examples/compare_samplers.py         # generated data (~30 s)
+    python examples/compare_samplers.py         # generated data (~10 s on one core)
     python examples/compare_samplers.py --data-dir ../shared/data --dataset ml-100k --epochs 50
 
 For significance tests over seeds and datasets use ``recneg compare`` (docs/reproduce.md).

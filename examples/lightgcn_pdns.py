@@ -1,7 +1,7 @@
 """LightGCN trained with PDNS (positive-dominated negative synthesis): DNS picks the hardest of H uniform
 candidates, and the negative is the mix α e_i + (1-α) e_j of the positive and that candidate.
 
-    python examples/lightgcn_pdns.py            # generated data (~1 min)
+    python examples/lightgcn_pdns.py            # generated data, 30 epochs (~8 s on one core)
     python examples/lightgcn_pdns.py --data-dir ../shared/data --dataset ml-100k --epochs 100
 
 Equivalent soft-BPR form: ``--sampler dns --loss softbpr --loss-arg beta=0.1`` (docs/samplers_mixing.md).

@@ -1,6 +1,6 @@
 """A recneg sampler (DNS) inside your own PyTorch training loop: no trainer, just the sampler protocol.
 
-    python examples/own_loop.py                 # generated data, 20 epochs (~10 s)
+    python examples/own_loop.py                 # generated data, 20 epochs (~8 s on one core)
     python examples/own_loop.py --data-dir ../shared/data --dataset ml-100k
 
 Each step: ``model.view`` gives the embeddings the sampler may look at, the sampler returns a ``Negatives``

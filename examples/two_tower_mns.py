@@ -1,7 +1,7 @@
 """A two-tower model trained with MNS (mixed negative sampling, sampled softmax with logQ correction), then
 top-K retrieval from a FAISS HNSW index (exact torch search when faiss is not installed).
 
-    python examples/two_tower_mns.py            # generated data (~30 s)
+    python examples/two_tower_mns.py            # generated data (~10 s on one core)
     python examples/two_tower_mns.py --data-dir ../shared/data --dataset ml-100k
 """
 
