@@ -22,7 +22,7 @@ from recneg.data.interactions import Interactions
 from recneg.errors import DataError
 
 torch.set_num_threads(1)
-ML100K = Path("/work/shared/data/ml-100k")
+ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"  # ../shared beside the repo
 
 
 def _frame():
