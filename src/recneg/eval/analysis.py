@@ -241,20 +241,9 @@ def evaluate_auc(
     mask_valid: bool = True,
 ) -> AUCResult:
     """:func:`ranking_auc` of a model on ``split.test`` (or ``split.valid``), masking as full ranking does."""
-    if part not in ("test", "valid"):
-        raise ConfigError(f"part must be 'test' or 'valid', got {part!r}")
-    target = split.test if part == "test" else split.valid
-    if target is None:
-        raise ConfigError("this split has no validation part (valid_ratio = 0)")
-    exclude = [split.train]
-    if part == "test" and mask_valid and split.valid is not None:
-        exclude.append(split.valid)
-    was_training = model.training
-    model.eval()
-    try:
-        user_table, item_table = model.tables()
-    finally:
-        model.train(was_training)
+    from recneg.eval.ranking import evaluation_inputs
+
+    user_table, item_table, target, exclude = evaluation_inputs(model, split, part, mask_valid)
     return ranking_auc(user_table, item_table, target, exclude, betas, chunk_size)
 
 

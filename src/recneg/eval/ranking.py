@@ -176,6 +176,18 @@ def evaluate(
     Masks training positives; when testing, also masks validation positives unless ``mask_valid=False``
     (ALGORITHMS.md §8.1 DECIDE: recneg masks them, as RecBole does).
     """
+    user_table, item_table, target, exclude = evaluation_inputs(model, split, part, mask_valid)
+    return evaluate_tables(user_table, item_table, target, exclude, topk, chunk_size, deterministic_ties)
+
+
+@torch.no_grad()
+def evaluation_inputs(model, split: Split, part: str = "test", mask_valid: bool = True):
+    """The full-ranking protocol's inputs: ``(user_table, item_table, target, exclude)``.
+
+    ``target`` is ``split.test`` or ``split.valid``; ``exclude`` holds the training positives, plus the
+    validation positives when testing with ``mask_valid``. The tables come from ``model.tables()`` in eval
+    mode (the model's training mode is restored).
+    """
     if part not in ("test", "valid"):
         raise ConfigError(f"part must be 'test' or 'valid', got {part!r}")
     target = split.test if part == "test" else split.valid
@@ -190,4 +202,4 @@ def evaluate(
         user_table, item_table = model.tables()
     finally:
         model.train(was_training)
-    return evaluate_tables(user_table, item_table, target, exclude, topk, chunk_size, deterministic_ties)
+    return user_table, item_table, target, exclude
