@@ -75,6 +75,30 @@ class Context:
             t["epochs"] = self.epochs
         return t
 
+    def budget(
+        self,
+        epochs: int,
+        eval_every: int,
+        topk: tuple,
+        metric: str,
+        patience: int = 0,
+        reg: float = 1e-4,
+        smoke: dict | None = None,
+    ) -> dict:
+        """A claim's training settings: batch 2048, Adam lr 1e-3, fixed ``epochs`` (smoke: tiny), with the
+        claim's cut-offs and metric in both sizes; ``smoke`` adds overrides for the smoke size only."""
+        full = dict(
+            epochs=epochs,
+            batch_size=2048,
+            lr=1e-3,
+            reg=reg,
+            eval_every=eval_every,
+            patience=patience,
+            topk=topk,
+            metric=metric,
+        )
+        return self.train(full, {"topk": topk, "metric": metric, **(smoke or {})})
+
     def seed_list(self, full: int = 3) -> list[int]:
         return self.seeds if self.seeds is not None else ([0] if self.smoke else list(range(full)))
 
@@ -144,19 +168,7 @@ def pdns_overfitting(ctx: Context) -> dict:
     specs = []
     for h in hs:
         specs += [f"dns-{h}=dns:n_candidates={h}", f"pdns-{h}=dns:n_candidates={h}+softbpr:beta=0.2"]
-    train = ctx.train(
-        dict(
-            epochs=100,
-            batch_size=2048,
-            lr=1e-3,
-            reg=1e-4,
-            eval_every=2,
-            patience=0,
-            topk=(20, 50),
-            metric="recall@50",
-        ),
-        dict(topk=(20, 50), metric="recall@50"),
-    )
+    train = ctx.budget(100, 2, (20, 50), "recall@50")
     jobs = build_jobs(
         [ctx.data()],
         ctx.model(),
@@ -225,19 +237,7 @@ def false_negatives(ctx: Context) -> dict:
     methods = _methods(
         "rns=uniform", "dns-32=dns:n_candidates=32", "pdns-32=dns:n_candidates=32+softbpr:beta=0.2"
     )
-    train = ctx.train(
-        dict(
-            epochs=60,
-            batch_size=2048,
-            lr=1e-3,
-            reg=1e-4,
-            eval_every=10,
-            patience=0,
-            topk=(20, 50),
-            metric="recall@50",
-        ),
-        dict(topk=(20, 50), metric="recall@50"),
-    )
+    train = ctx.budget(60, 10, (20, 50), "recall@50")
     jobs = []
     for c in cs:
         proto = {"name": "false_negatives", "reveal": c, "seed": 0}
@@ -338,19 +338,7 @@ def hardness_vs_k(ctx: Context) -> dict:
     rhos = [0.1, 10.0] if ctx.smoke else [0.1, 0.3, 1.0, 3.0, 10.0, 30.0]
     specs = [f"M{m}=dns_mn:n_candidates={n},n_selected={m}" for m in ms]
     specs += [f"rho{r:g}=softmax_v:n_candidates={n},rho={r}" for r in rhos]
-    train = ctx.train(
-        dict(
-            epochs=60,
-            batch_size=2048,
-            lr=1e-3,
-            reg=1e-4,
-            eval_every=60,
-            patience=0,
-            topk=tuple(ks),
-            metric="ndcg@20",
-        ),
-        dict(topk=tuple(ks), metric="ndcg@20"),
-    )
+    train = ctx.budget(60, 60, tuple(ks), "ndcg@20")
     jobs = build_jobs(
         [ctx.data(valid_ratio=0.0)],
         ctx.model(),
@@ -446,19 +434,7 @@ def opauc_topk(ctx: Context) -> dict:
     ]
     if ctx.smoke:
         specs = specs[:2]
-    train = ctx.train(
-        dict(
-            epochs=30,
-            batch_size=2048,
-            lr=1e-3,
-            reg=1e-4,
-            eval_every=30,
-            patience=0,
-            topk=tuple(ks),
-            metric="recall@20",
-        ),
-        dict(topk=tuple(ks), metric="recall@20"),
-    )
+    train = ctx.budget(30, 30, tuple(ks), "recall@20")
     jobs = build_jobs(
         [ctx.data(valid_ratio=0.0)],
         ctx.model(),
@@ -535,19 +511,7 @@ def ans_table(ctx: Context) -> dict:
     Test: ANS has the highest mean test Recall@20; p-values (vs ANS) in the table.
     """
     methods = _methods(*(ANS_METHODS[:2] + ANS_METHODS[-1:] if ctx.smoke else ANS_METHODS))
-    train = ctx.train(
-        dict(
-            epochs=100,
-            batch_size=2048,
-            lr=1e-3,
-            reg=1e-4,
-            eval_every=2,
-            patience=5,
-            topk=(15, 20, 50),
-            metric="recall@20",
-        ),
-        dict(topk=(15, 20, 50), metric="recall@20"),
-    )
+    train = ctx.budget(100, 2, (15, 20, 50), "recall@20", patience=5)
     metrics = ["recall@20", "ndcg@20", "recall@15", "ndcg@15", "hit@15"]
     jobs = build_jobs([ctx.data()], ctx.model(), methods, ctx.seed_list(3), train, {"per_user": metrics})
     results = ctx.run(jobs)
@@ -657,19 +621,7 @@ def ambiguous_trap(ctx: Context) -> dict:
     max–min spread relative to that gap shrinks too.
     """
     methods = _methods("dns=dns:n_candidates=16", "rns=uniform")
-    train = ctx.train(
-        dict(
-            epochs=60,
-            batch_size=2048,
-            lr=1e-3,
-            reg=1e-4,
-            eval_every=10,
-            patience=0,
-            topk=(20,),
-            metric="recall@20",
-        ),
-        dict(topk=(20,), metric="recall@20", epochs=4),
-    )
+    train = ctx.budget(60, 10, (20,), "recall@20", smoke=dict(epochs=4))
     jobs = build_jobs(
         [ctx.data()],
         ctx.model(),
@@ -737,19 +689,7 @@ def mns_two_tower(ctx: Context) -> dict:
     softmax = "softmax:temperature=0.1,normalize=true"
     bs = [32] if ctx.smoke else [256, 1024, 4096]
     specs = [f"in_batch=in_batch+{softmax}"] + [f"mns-{b}=mns:n_uniform={b}+{softmax}" for b in bs]
-    train = ctx.train(
-        dict(
-            epochs=20,
-            batch_size=2048,
-            lr=1e-3,
-            reg=0.0,
-            eval_every=1,
-            patience=5,
-            topk=(20, 50),
-            metric="recall@20",
-        ),
-        dict(topk=(20, 50), metric="recall@20"),
-    )
+    train = ctx.budget(20, 1, (20, 50), "recall@20", patience=5, reg=0.0)
     jobs = build_jobs(
         [ctx.data()],
         ctx.model(("twotower", {"hidden": (256, 64)})),
