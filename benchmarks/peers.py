@@ -1,0 +1,275 @@
+"""recneg against the libraries users would otherwise pick (issue 7), measured in one run on one split.
+
+Build the peers' environment once (outside the project), then run from the repository root with nothing else
+running:
+
+    sh ../shared/tools/peers-venv.sh /tmp/peers
+    python -m benchmarks.peers --peers-venv /tmp/peers --threads 2
+
+What it measures, on the Gowalla NGCF split (every library reads the same ``train.txt`` / ``test.txt``):
+
+1. RecBole 1.2.1 BPR (Adam, batch 2048, uniform negatives): seconds per epoch and per full evaluation;
+   recneg's default MF-BPR (Adam, batch 2048, uniform) per epoch and per full evaluation. Target: ≥ 5× faster.
+2. ``implicit`` 0.7.3 CPU BPR (64 factors, its defaults) and recneg's *fast* configuration
+   (``--fast``: documented in docs/performance.md): seconds per epoch (target ≤ 1.5× implicit) and Recall@20
+   after every epoch, so both get a time-to-Recall@20 curve (training seconds only; evaluation excluded).
+   Both are scored by recneg's own full-ranking evaluator, so the metric is the same code.
+
+Timings are wall clock at ``--threads`` threads for every library (torch threads for recneg and RecBole,
+``num_threads`` for implicit); the machine stamp and the load average before and after go with the figures.
+Writes ``benchmarks/results/peers_<dataset>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.common import DEFAULT_DATA, machine_stamp, md_table, peak_rss_mb, write_results
+
+RUNNER = Path(__file__).with_name("_peer_runner.py")
+
+# recneg's default configuration (what `recneg train` does with no flags, on MF-BPR uniform)
+DEFAULT = {"optimizer": "adam", "batch_size": 2048, "lr": 1e-3}
+# the fast configuration for the implicit comparison (see docs/performance.md); override with --fast k=v,...
+FAST = {"optimizer": "adam", "batch_size": 2048, "lr": 1e-3}
+
+
+def _peer(venv: Path, args: list[str]) -> dict:
+    """Run ``_peer_runner.py`` in the peers' venv; its last stdout line is the JSON result."""
+    py = venv / "bin" / "python"
+    if not py.exists():
+        raise SystemExit(
+            f"--peers-venv {venv}: no bin/python there; build it with ../shared/tools/peers-venv.sh"
+        )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    proc = subprocess.run([str(py), str(RUNNER), *args], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"peer run {args[0]} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _parse_kv(text: str) -> dict:
+    out: dict = {}
+    for part in filter(None, (text or "").split(",")):
+        k, _, v = part.partition("=")
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v.strip()
+    return out
+
+
+def _trainer(split, settings: dict, threads: int, seed: int = 0, reg: float = 1e-4):
+    from recneg.config import TrainConfig
+    from recneg.registry import build_model, build_sampler
+    from recneg.train import Trainer
+
+    model_args = settings.get("model", {})
+    cfg = {k: v for k, v in settings.items() if k != "model"}
+    model = build_model("mf", split.train, **model_args) if model_args else build_model("mf", split.train)
+    config = TrainConfig(threads=threads, progress=False, seed=seed, reg=reg, topk=(20,), **cfg)
+    return Trainer(model, build_sampler("uniform"), split, config=config)
+
+
+def recneg_epochs(split, settings: dict, threads: int, epochs: int, curve: bool) -> dict:
+    """Train ``epochs`` epochs; per-epoch train seconds and (``curve``) test Recall@20 after each."""
+    tr = _trainer(split, settings, threads)
+    rows = []
+    cum = 0.0
+    for e in range(epochs):
+        rec = tr.train_epoch()
+        tr.epoch += 1
+        cum += rec["train_seconds"]
+        row = {"epoch": e + 1, "train_seconds": rec["train_seconds"], "cum": cum}
+        if curve:
+            row["recall@20"] = tr.evaluate("test").metrics["recall@20"]
+        rows.append(row)
+    t0 = time.perf_counter()
+    tr.evaluate("test")
+    eval_seconds = time.perf_counter() - t0
+    return {"epochs": rows, "eval_seconds": eval_seconds}
+
+
+def implicit_curve(split, snapshots: Path, epochs: list[dict]) -> list[dict]:
+    from recneg.eval.ranking import evaluate_tables
+
+    out = []
+    for row in epochs:
+        f = snapshots / f"implicit-e{row['epoch']}.npz"
+        if not f.exists():
+            continue
+        z = np.load(f)
+        res = evaluate_tables(
+            torch.from_numpy(z["user"]), torch.from_numpy(z["item"]), split.test, [split.train], topk=(20,)
+        )
+        out.append({**row, "recall@20": res.metrics["recall@20"]})
+    return out
+
+
+def _median(rows: list[dict], skip_first: bool = True) -> float:
+    xs = (
+        [r["train_seconds"] for r in rows[1:]]
+        if skip_first and len(rows) > 1
+        else [r["train_seconds"] for r in rows]
+    )
+    return float(np.median(xs))
+
+
+def recall_at_time(curve: list[dict], seconds: float) -> float | None:
+    """Recall@20 of the last epoch finished within ``seconds`` of training."""
+    done = [r for r in curve if r["cum"] <= seconds + 1e-9]
+    return done[-1]["recall@20"] if done else None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--peers-venv", required=True, help="the venv built by ../shared/tools/peers-venv.sh")
+    ap.add_argument("--dataset", default="gowalla")
+    ap.add_argument("--data-dir", default=str(DEFAULT_DATA))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--recbole-epochs", type=int, default=2)
+    ap.add_argument("--default-epochs", type=int, default=3, help="recneg default config: epochs timed")
+    ap.add_argument("--curve-epochs", type=int, default=30, help="implicit and recneg-fast epochs (curves)")
+    ap.add_argument(
+        "--fast", default="", help="override the fast configuration: k=v,... (TrainConfig fields)"
+    )
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: recbole,implicit,default,fast")
+    args = ap.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    torch.set_num_threads(args.threads)
+    from recneg.data.datasets import load_dataset
+
+    data_path = Path(args.data_dir) / args.dataset
+    split = load_dataset(args.dataset, data_dir=args.data_dir)
+    fast = {**FAST, **_parse_kv(args.fast)}
+    load_before = os.getloadavg()
+    res: dict = {
+        "machine": machine_stamp(args.threads),
+        "split": repr(split),
+        "threads": args.threads,
+        "default_config": DEFAULT,
+        "fast_config": fast,
+        "load_avg_before": load_before,
+    }
+    work = Path(tempfile.mkdtemp(prefix="recneg-peers-"))
+    common = ["--data", str(data_path), "--threads", str(args.threads)]
+    if "recbole" not in skip:
+        print("RecBole BPR ...", flush=True)
+        res["recbole"] = _peer(
+            Path(args.peers_venv),
+            ["recbole", *common, "--out", str(work / "rb"), "--epochs", str(args.recbole_epochs)],
+        )
+    if "default" not in skip:
+        print("recneg default ...", flush=True)
+        res["recneg_default"] = recneg_epochs(split, DEFAULT, args.threads, args.default_epochs, curve=False)
+    if "implicit" not in skip:
+        print("implicit BPR ...", flush=True)
+        imp = _peer(
+            Path(args.peers_venv),
+            ["implicit", *common, "--out", str(work / "imp"), "--epochs", str(args.curve_epochs)],
+        )
+        imp["curve"] = implicit_curve(split, work / "imp", imp["epochs"])
+        res["implicit"] = imp
+    if "fast" not in skip:
+        print("recneg fast ...", flush=True)
+        res["recneg_fast"] = recneg_epochs(split, fast, args.threads, args.curve_epochs, curve=True)
+    res["load_avg_after"] = os.getloadavg()
+    res["peak_rss_mb"] = peak_rss_mb()
+    rows, ratios = _summarise(res)
+    res["summary"], res["ratios"] = rows, ratios
+    md = _markdown(res, rows, ratios, argv if argv is not None else sys.argv[1:])
+    j, m = write_results(f"peers_{args.dataset}", res, md)
+    print(md)
+    print(f"wrote {j} and {m}")
+    return 0
+
+
+def _summarise(res: dict) -> tuple[list[dict], dict]:
+    rows, ratios = [], {}
+    rb, de, imp, fa = (res.get(k) for k in ("recbole", "recneg_default", "implicit", "recneg_fast"))
+    if rb:
+        rows.append(
+            {
+                "run": "RecBole BPR (Adam, 2048)",
+                "s/epoch": _median(rb["epochs"]),
+                "s/eval": rb["eval_seconds"],
+                "recall@20": rb["test"].get("recall@20"),
+            }
+        )
+    if de:
+        rows.append(
+            {
+                "run": "recneg default (Adam, 2048)",
+                "s/epoch": _median(de["epochs"]),
+                "s/eval": de["eval_seconds"],
+            }
+        )
+    if imp:
+        best = max((r["recall@20"] for r in imp["curve"]), default=None)
+        rows.append({"run": "implicit BPR (CPU)", "s/epoch": _median(imp["epochs"]), "peak recall@20": best})
+    if fa:
+        best = max((r["recall@20"] for r in fa["epochs"]), default=None)
+        rows.append(
+            {
+                "run": "recneg fast",
+                "s/epoch": _median(fa["epochs"]),
+                "s/eval": fa["eval_seconds"],
+                "peak recall@20": best,
+            }
+        )
+    if rb and de:
+        ratios["recbole_epoch / recneg_default_epoch (target >= 5)"] = _median(rb["epochs"]) / _median(
+            de["epochs"]
+        )
+        ratios["recbole_eval / recneg_eval"] = rb["eval_seconds"] / de["eval_seconds"]
+    if imp and fa:
+        ratios["recneg_fast_epoch / implicit_epoch (target <= 1.5)"] = _median(fa["epochs"]) / _median(
+            imp["epochs"]
+        )
+        for frac in (0.25, 0.5, 1.0):
+            t = frac * imp["curve"][-1]["cum"] if imp["curve"] else 0.0
+            ratios[f"recall@20 at {t:.1f} s of training: implicit, recneg fast"] = (
+                recall_at_time(imp["curve"], t),
+                recall_at_time(fa["epochs"], t),
+            )
+    return rows, ratios
+
+
+def _markdown(res: dict, rows: list[dict], ratios: dict, argv: list[str]) -> str:
+    cols = ["run", "s/epoch", "s/eval", "recall@20", "peak recall@20"]
+    out = [
+        f"# recneg vs peers on {res['split']}",
+        "",
+        f"Command: `python -m benchmarks.peers {' '.join(argv)}`",
+        "",
+        f"Threads: {res['threads']} for every library. Load average before {res['load_avg_before']}, "
+        f"after {res['load_avg_after']}. s/epoch is the median over epochs after the first.",
+        f"Default config: {res['default_config']}. Fast config: {res['fast_config']}.",
+        "",
+        f"Machine: {res['machine']}",
+        "",
+        md_table(rows, cols),
+        "## Ratios",
+        "",
+    ]
+    out += [f"- {k}: {v if not isinstance(v, float) else f'{v:.2f}'}" for k, v in ratios.items()]
+    if res.get("implicit") and res.get("recneg_fast"):
+        out += ["", "## Time-to-Recall@20 (training seconds, evaluation excluded)", ""]
+        curve = [{"library": "implicit", **r} for r in res["implicit"]["curve"]]
+        curve += [{"library": "recneg fast", **r} for r in res["recneg_fast"]["epochs"]]
+        out.append(md_table(curve, ["library", "epoch", "cum", "recall@20"]))
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
