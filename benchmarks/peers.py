@@ -44,15 +44,18 @@ DEFAULT = {"optimizer": "adam", "batch_size": 2048, "lr": 1e-3}
 FAST = {"optimizer": "adam", "batch_size": 2048, "lr": 1e-3}
 
 
-def _peer(venv: Path, args: list[str]) -> dict:
-    """Run ``_peer_runner.py`` in the peers' venv; its last stdout line is the JSON result."""
+def _peer(venv: Path, args: list[str], cwd: Path) -> dict:
+    """Run ``_peer_runner.py`` in the peers' venv; the last stdout line is the JSON result.
+
+    ``cwd``: a scratch folder (RecBole writes ``log/`` and ``log_tensorboard/`` into its working directory).
+    """
     py = venv / "bin" / "python"
     if not py.exists():
         raise SystemExit(
             f"--peers-venv {venv}: no bin/python there; build it with ../shared/tools/peers-venv.sh"
         )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
-    proc = subprocess.run([str(py), str(RUNNER), *args], capture_output=True, text=True, env=env)
+    proc = subprocess.run([str(py), str(RUNNER), *args], capture_output=True, text=True, env=env, cwd=cwd)
     if proc.returncode != 0:
         raise SystemExit(f"peer run {args[0]} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -149,7 +152,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from recneg.data.datasets import load_dataset
 
-    data_path = Path(args.data_dir) / args.dataset
+    data_path = Path(args.data_dir).resolve() / args.dataset
     split = load_dataset(args.dataset, data_dir=args.data_dir)
     fast = {**FAST, **_parse_kv(args.fast)}
     load_before = os.getloadavg()
@@ -168,6 +171,7 @@ def main(argv=None) -> int:
         res["recbole"] = _peer(
             Path(args.peers_venv),
             ["recbole", *common, "--out", str(work / "rb"), "--epochs", str(args.recbole_epochs)],
+            work,
         )
     if "default" not in skip:
         print("recneg default ...", flush=True)
@@ -177,6 +181,7 @@ def main(argv=None) -> int:
         imp = _peer(
             Path(args.peers_venv),
             ["implicit", *common, "--out", str(work / "imp"), "--epochs", str(args.curve_epochs)],
+            work,
         )
         imp["curve"] = implicit_curve(split, work / "imp", imp["epochs"])
         res["implicit"] = imp
