@@ -480,6 +480,8 @@ class DENSSampler(Sampler):
         Code: github.com/Riwei-HEU/DENS. ALGORITHMS.md §7.5.
     """
 
+    epoch_: Tensor  # registered buffer
+
     def __init__(self, config: DENSConfig | None = None):
         super().__init__(config or DENSConfig())
         d = self.config.dim
