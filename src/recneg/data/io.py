@@ -160,9 +160,7 @@ def _read_frame(
 def _bad_row(df: pd.DataFrame, bad: np.ndarray, col, path: Path, field: str, expected: str):
     k = int(np.flatnonzero(bad)[0])
     value = df[col].iloc[k]
-    shown = (
-        "an empty or NaN value" if pd.isna(value) and not isinstance(value, str) else repr(_plain(value))
-    )
+    shown = "an empty or NaN value" if pd.isna(value) and not isinstance(value, str) else repr(_plain(value))
     raise DataError(
         f"{path} line {int(df['_line'].iloc[k])}, field {field}: expected {expected}, got {shown}"
     )

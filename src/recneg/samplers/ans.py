@@ -42,6 +42,7 @@ __all__ = [
     "safe_reciprocal_sigmoid",
 ]
 
+
 def _opt(default, help: str):
     return field(default=default, metadata={"help": help})
 
@@ -160,8 +161,15 @@ class ANSConfig:
         require_choice("mode", self, ANS_MODES)
         require_choice("selection", self, ANS_SELECTIONS)
         require_choice("score", self, ANS_SCORES)
-        for name in ("detach_margin", "disentangle", "use_gain", "regulate_direction", "regulate_magnitude",
-                     "augment", "exclude_positives"):
+        for name in (
+            "detach_margin",
+            "disentangle",
+            "use_gain",
+            "regulate_direction",
+            "regulate_magnitude",
+            "augment",
+            "exclude_positives",
+        ):
             require_bool(name, self)
         if self.score == "sum_layers" and self.selection == "pooled":
             raise ConfigError(
