@@ -24,12 +24,15 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def load(args) -> recneg.data.Split:
-    """The split the example trains on: tiny generated data with --smoke, a named dataset with --data-dir
-    (or --dataset), else recneg's built-in synthetic data (600 users, 800 items)."""
+    """The split the example trains on, printed: a named dataset with --data-dir (or --dataset), else tiny
+    generated data with --smoke, else recneg's built-in synthetic data (600 users, 800 items)."""
     torch.set_num_threads(args.threads)
     if args.data_dir or args.dataset:
-        return recneg.load_dataset(args.dataset or "ml-100k", data_dir=args.data_dir)
-    if args.smoke:
+        split = recneg.load_dataset(args.dataset or "ml-100k", data_dir=args.data_dir)
+    elif args.smoke:
         cfg = SyntheticConfig(n_users=120, n_items=160, mean_degree=12.0, min_degree=5)
-        return random_split(generate(cfg).interactions, test_ratio=0.2, valid_ratio=0.1, seed=0)
-    return recneg.load_dataset("synthetic")
+        split = random_split(generate(cfg).interactions, test_ratio=0.2, valid_ratio=0.1, seed=0)
+    else:
+        split = recneg.load_dataset("synthetic")
+    print(f"data: {split}")
+    return split

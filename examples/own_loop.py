@@ -42,7 +42,7 @@ def main() -> None:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total, n_batches = total + float(loss), n_batches + 1
+            total, n_batches = total + float(loss.detach()), n_batches + 1
         print(f"epoch {epoch + 1:3d}  loss {total / n_batches:.4f}")
     result = recneg.evaluate(model, data)  # full ranking; training and validation positives masked
     print(f"trained in {time.perf_counter() - start:.1f}s")

@@ -1,5 +1,6 @@
 """Write docs/cli.md, the command-line reference, from the argparse parser (``recneg.cli.make_parser``).
 
+Usage:
     python scripts/gen_cli_docs.py            # rewrite docs/cli.md
     python scripts/gen_cli_docs.py --check    # exit 1 if docs/cli.md is out of date (CI)
 """

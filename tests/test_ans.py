@@ -42,8 +42,15 @@ class Tables:
     def view(self, users, pos, layers: bool = True) -> TableView:
         ul, il = self.user_layers, self.item_layers
         return TableView(
-            users, pos, ul.mean(1), il.mean(1), ul[:, 0], il[:, 0],
-            ul if layers else None, il if layers else None, model_name="fake",
+            users,
+            pos,
+            ul.mean(1),
+            il.mean(1),
+            ul[:, 0],
+            il[:, 0],
+            ul if layers else None,
+            il if layers else None,
+            model_name="fake",
         )
 
 
@@ -79,8 +86,12 @@ def test_config_validation_and_registry():
     assert s.config.n_candidates == 8 and s.config.eps == 0.3
     assert s.user_gate.weight.shape == (7, 7) and s.margin_layer.weight.shape == (1, 7)
     d = recneg.build_sampler("dens", dim=5)
-    assert {n for n, _ in d.named_parameters()} >= {"user_gate.weight", "item_gate.bias", "neg_gate.weight",
-                                                       "pos_gate.weight"}
+    assert {n for n, _ in d.named_parameters()} >= {
+        "user_gate.weight",
+        "item_gate.bias",
+        "neg_gate.weight",
+        "pos_gate.weight",
+    }
 
 
 def test_dim_mismatch_is_a_clear_error(train):

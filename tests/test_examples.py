@@ -23,10 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ["own_loop.py", "compare_samplers.py", "two_tower_mns.py", "lightgcn_pdns.py"]
 
 
-def _run(script: str) -> str:
+def _run(script: str, *flags: str) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / script), "--smoke"],
+        [sys.executable, str(ROOT / "examples" / script), "--smoke", *flags],
         capture_output=True,
         text=True,
         timeout=120,
@@ -50,6 +50,15 @@ def test_example_runs(script):
         assert "ANN recall@10 against exact search" in out
     else:
         assert "recall" in out
+
+
+def test_an_example_trains_on_the_data_dir_when_given():
+    shared = ROOT.parent / "shared" / "data"
+    if not (shared / "ml-100k" / "u.data").is_file():
+        pytest.skip("../shared/data/ml-100k is not there")
+    out = _run("own_loop.py", "--data-dir", str(shared), "--epochs", "1")
+    assert "data: Split('ml-100k': n_users=943, n_items=1682," in out, out
+    assert "epoch   2" not in out and "test recall@20" in out
 
 
 def test_every_example_is_tested():

@@ -30,9 +30,10 @@ def require_int(name: str, obj: Any, low: int | None = None, high: int | None = 
     v = getattr(obj, name) if value is None else value
     if isinstance(v, bool) or not isinstance(v, Integral):
         raise ConfigError(f"{name} of {_owner(obj)} must be an int, got {v!r}")
-    if (low is not None and v < low) or (high is not None and v > high):
-        raise ConfigError(f"{name} of {_owner(obj)} must be an int {_range_text(low, high)}, got {v}")
-    return int(v)
+    n = int(v)
+    if (low is not None and n < low) or (high is not None and n > high):
+        raise ConfigError(f"{name} of {_owner(obj)} must be an int {_range_text(low, high)}, got {n}")
+    return n
 
 
 def require_float(

@@ -69,6 +69,8 @@ def _weights(neg, n_rows: int | None = None, dtype=torch.float64, rows: Tensor |
     n = neg.emb.shape[-2]
     device = neg.emb.device
     if rows is None:
+        if n_rows is None:
+            raise ValueError("_weights needs rows or n_rows")
         rows = torch.arange(n_rows, device=device)
     w = (
         neg.weight.detach()[rows].to(dtype)
@@ -112,7 +114,7 @@ def percentile_among_nonpositives(
 class _EpochMean:
     """Sums of device tensors per key, reduced to floats at the epoch's end."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.sums: dict[str, Tensor] = {}
         self.counts: dict[str, Tensor] = {}
 
@@ -292,7 +294,7 @@ class ScoreHistogram:
     def __init__(self, n_users: int = 200, bins: int = 50, seed: int = 0):
         self.n_users, self.bins, self.seed = int(n_users), int(bins), int(seed)
         self.epochs: list[dict] = []
-        self._users = None
+        self._users: np.ndarray | None = None  # [<= n_users] sorted user ids, drawn at the first epoch
 
     def on_epoch_end(self, trainer, record) -> dict:
         model = trainer.model

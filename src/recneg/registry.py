@@ -108,7 +108,7 @@ def config_from_mapping(cfg_cls: type, values: Mapping[str, Any] | None, owner: 
 @dataclass(frozen=True)
 class Entry:
     name: str
-    cls: type
+    cls: type[Any]  # a sampler, model or loss class; each kind has its own constructor
     config: type | None
     help: str
 
@@ -132,8 +132,10 @@ class Registry:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
 
-    def register(self, name: str, *, config: type | None = None, help: str = "") -> Callable[[type], type]:
-        def deco(cls: type) -> type:
+    def register(
+        self, name: str, *, config: type | None = None, help: str = ""
+    ) -> Callable[[type[Any]], type[Any]]:
+        def deco(cls: type[Any]) -> type[Any]:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             doc = help or (cls.__doc__ or "").strip().splitlines()[0] if (help or cls.__doc__) else ""

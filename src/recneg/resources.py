@@ -316,13 +316,9 @@ def estimate_step_bytes(
         return Need(
             "training step", int(columns + logits + propagation), f"{detail} of sampler {name!r}", lower
         )
-    n_cand = None
-    for f in ("n_candidates", "n_negatives", "memory_size", "pool_size"):
-        if isinstance(getattr(cfg, f, None), int):
-            n_cand, field_name = int(getattr(cfg, f)), f
-            break
-    if n_cand is None:
-        n_cand, field_name = 1, None
+    count_fields = ("n_candidates", "n_negatives", "memory_size", "pool_size")
+    field_name = next((f for f in count_fields if isinstance(getattr(cfg, f, None), int)), None)
+    n_cand = int(getattr(cfg, field_name)) if field_name else 1
     factors = [f"batch_size={b}", f"{field_name}={n_cand}" if field_name else "1 candidate"]
     if name in POOL_PER_NEGATIVE and isinstance(getattr(cfg, "n_negatives", None), int):
         n_cand *= int(cfg.n_negatives)

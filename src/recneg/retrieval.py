@@ -241,7 +241,7 @@ class ItemIndex:
         return scores, ids
 
     def _search(self, q: np.ndarray, k: int) -> tuple[Tensor, Tensor]:
-        if self.backend == "faiss":
+        if self._index is not None:  # built exactly when backend == "faiss"
             scores, ids = self._index.search(q, k)
             scores, ids = torch.from_numpy(scores), torch.from_numpy(ids.astype(np.int64))
             return scores.masked_fill(ids < 0, float("-inf")), ids

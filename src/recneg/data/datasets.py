@@ -504,6 +504,7 @@ def load_dataset(
             raise DataError(f"unknown dataset {key!r}: not one of {sorted(SPECS)} and no such file or folder")
         name = folder.stem if folder.is_file() else folder.name
 
+    data: Interactions | Split  # a Split when the files ship their own train/test parts
     if spec is not None and spec.format == "synthetic":
         from recneg.data.synthetic import generate
 

@@ -177,7 +177,8 @@ class PositiveIndex:
     degree: torch.Tensor
     n_users: int
     n_items: int
-    _bits: object = field(default=None, repr=False)
+    # None: not built yet; False: too large to build; else the packed bitmap [ceil(n_users*n_items/8)] uint8
+    _bits: torch.Tensor | bool | None = field(default=None, repr=False)
 
     @classmethod
     def from_csr(cls, csr: sp.csr_matrix, device="cpu") -> PositiveIndex:
@@ -223,7 +224,7 @@ class PositiveIndex:
                 bits = np.zeros(n_bytes, dtype=np.uint8)
                 np.bitwise_or.at(bits, keys >> 3, (1 << (keys & 7)).astype(np.uint8))
                 self._bits = torch.from_numpy(bits).to(self.keys.device)
-        return self._bits if self._bits is not False else None
+        return self._bits if isinstance(self._bits, torch.Tensor) else None
 
 
 @dataclass

@@ -160,9 +160,7 @@ def _read_frame(
 def _bad_row(df: pd.DataFrame, bad: np.ndarray, col, path: Path, field: str, expected: str):
     k = int(np.flatnonzero(bad)[0])
     value = df[col].iloc[k]
-    shown = (
-        "an empty or NaN value" if pd.isna(value) and not isinstance(value, str) else repr(_plain(value))
-    )
+    shown = "an empty or NaN value" if pd.isna(value) and not isinstance(value, str) else repr(_plain(value))
     raise DataError(
         f"{path} line {int(df['_line'].iloc[k])}, field {field}: expected {expected}, got {shown}"
     )
@@ -608,14 +606,16 @@ def read_recbole_inter(path: str | Path, columns=None) -> Interactions:
         raise DataError(f"{path} line 1: expected a RecBole header 'name:type' per field, got an empty line")
     fields = first.split("\t")
     names, types = [], {}
-    for f in fields:
-        if ":" not in f:
-            raise DataError(f"{path} line 1, field {f!r}: expected 'name:type' (e.g. user_id:token)")
-        n, t = f.rsplit(":", 1)
-        if t not in ("token", "float", "token_seq", "float_seq"):
-            raise DataError(f"{path} line 1, field {f!r}: expected type token, float, token_seq or float_seq")
-        names.append(n)
-        types[n] = t
+    for field in fields:
+        if ":" not in field:
+            raise DataError(f"{path} line 1, field {field!r}: expected 'name:type' (e.g. user_id:token)")
+        field_name, field_type = field.rsplit(":", 1)
+        if field_type not in ("token", "float", "token_seq", "float_seq"):
+            raise DataError(
+                f"{path} line 1, field {field!r}: expected type token, float, token_seq or float_seq"
+            )
+        names.append(field_name)
+        types[field_name] = field_type
     cols = _columns(columns) or {
         k: v
         for k, v in (("user", "user_id"), ("item", "item_id"), ("time", "timestamp"), ("weight", "rating"))

@@ -152,34 +152,37 @@ def preprocess_split(
     filtering removed something, so by default the shipped id space (``max id + 1``, empty users and test-only
     items included) is kept as it is.
     """
-    parts = {"train": split.train, "valid": split.valid, "test": split.test}
-    parts = {
-        k: None if v is None else dedupe(apply_threshold(v, threshold, source)) for k, v in parts.items()
-    }
-    tr = parts["train"]
+
+    def clean(part: Interactions) -> Interactions:
+        return dedupe(apply_threshold(part, threshold, source))
+
+    tr = clean(split.train)
+    valid = None if split.valid is None else clean(split.valid)
+    test = clean(split.test)
     keep = kcore_mask(tr.users, tr.items, tr.n_users, tr.n_items, min_user, min_item)
     if keep.all():
-        return Split(parts["train"], parts["test"], parts["valid"], split.name, dict(split.info))
+        return Split(tr, test, valid, split.name, dict(split.info))
     tr = tr.subset(np.flatnonzero(keep))
     ok_u = np.zeros(tr.n_users, dtype=bool)
     ok_u[tr.users] = True
     ok_i = np.zeros(tr.n_items, dtype=bool)
     ok_i[tr.items] = True
-    parts["train"] = tr
-    for k in ("valid", "test"):
-        v = parts[k]
-        if v is not None:
-            parts[k] = v.subset(np.flatnonzero(ok_u[v.users] & ok_i[v.items]))
+
+    def inside_core(part: Interactions) -> Interactions:
+        return part.subset(np.flatnonzero(ok_u[part.users] & ok_i[part.items]))
+
+    valid = None if valid is None else inside_core(valid)
+    test = inside_core(test)
     nu, _, n_users, uid = _compact(tr.users, tr.n_users, tr.user_ids)
     ni, _, n_items, iid = _compact(tr.items, tr.n_items, tr.item_ids)
     if n_users == 0:
         raise DataError(f"{source}: no interactions left after min_user={min_user}, min_item={min_item}")
 
-    def renum(v):
-        if v is None:
-            return None
-        return Interactions(nu[v.users], ni[v.items], n_users, n_items, v.timestamps, v.weights, uid, iid)
+    def renum(part: Interactions) -> Interactions:
+        return Interactions(
+            nu[part.users], ni[part.items], n_users, n_items, part.timestamps, part.weights, uid, iid
+        )
 
     return Split(
-        renum(parts["train"]), renum(parts["test"]), renum(parts["valid"]), split.name, dict(split.info)
+        renum(tr), renum(test), None if valid is None else renum(valid), split.name, dict(split.info)
     )

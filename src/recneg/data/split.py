@@ -148,9 +148,8 @@ def latest_ratio_split(inter: Interactions, test_ratio: float = 0.1, valid_ratio
         DataError: the data has no timestamps.
     """
     t, v = _ratios(test_ratio, valid_ratio, "latest_ratio_split")
-    _need_time(inter, "latest")
     inter = dedupe(inter)
-    rank, degree = _ranks(inter.users, inter.timestamps, inter.n_users)
+    rank, degree = _ranks(inter.users, _need_time(inter, "latest"), inter.n_users)
     n_test, n_valid = part_sizes(degree, t, v)
     u = inter.users
     from_end = degree[u] - rank  # 1 for the latest
@@ -164,9 +163,8 @@ def leave_one_out_split(inter: Interactions, valid: bool = True) -> Split:
     Raises:
         DataError: the data has no timestamps.
     """
-    _need_time(inter, "loo")
     inter = dedupe(inter)
-    rank, degree = _ranks(inter.users, inter.timestamps, inter.n_users)
+    rank, degree = _ranks(inter.users, _need_time(inter, "loo"), inter.n_users)
     from_end = degree[inter.users] - rank
     d = degree[inter.users]
     part = np.zeros(len(inter), dtype=np.int64)
@@ -203,9 +201,8 @@ def temporal_split(
         raise ConfigError(
             f"valid_mode of temporal_split must be one of ['random', 'temporal'], got {valid_mode!r}"
         )
-    _need_time(inter, "temporal")
     inter = dedupe(inter)
-    ts = inter.timestamps
+    ts = _need_time(inter, "temporal")
     n = len(inter)
     srt = np.sort(ts)
     n_test = max(int(_round_half_up(np.array(t * n))), 1)
@@ -236,7 +233,9 @@ def temporal_split(
     return out
 
 
-def carve_validation(train: Interactions, valid_ratio: float = 0.1, seed: int = 0):
+def carve_validation(
+    train: Interactions, valid_ratio: float = 0.1, seed: int = 0
+) -> tuple[Interactions, Interactions | None]:
     """Hold out a seeded random ``valid_ratio`` of each user's train interactions as validation.
 
     Every user keeps at least one train interaction. ``valid_ratio = 0`` carves nothing.
@@ -272,22 +271,25 @@ def make_leak_free(split: Split) -> tuple[Split, int]:
         ``(split, n_dropped)``; the split is a new object (parts without overlap are reused).
     """
     seen = np.sort(_pair_keys(split.train))
-    dropped = 0
-    parts = {}
-    for name in ("valid", "test"):
-        part = getattr(split, name)
-        if part is None:
-            parts[name] = None
-            continue
-        keys = _pair_keys(part)
-        clash = _isin_sorted(keys, seen)
-        if clash.any():
-            dropped += int(clash.sum())
-            part = part.subset(np.flatnonzero(~clash))
-            keys = keys[~clash]
-        parts[name] = part
-        seen = np.sort(np.concatenate([seen, keys]))
-    return Split(split.train, parts["test"], parts["valid"], split.name, dict(split.info)), dropped
+    valid, n_valid_dropped = split.valid, 0
+    if valid is not None:
+        valid, n_valid_dropped, seen = _drop_seen_pairs(valid, seen)
+    test, n_test_dropped, _ = _drop_seen_pairs(split.test, seen)
+    out = Split(split.train, test, valid, split.name, dict(split.info))
+    return out, n_valid_dropped + n_test_dropped
+
+
+def _drop_seen_pairs(part: Interactions, seen: np.ndarray) -> tuple[Interactions, int, np.ndarray]:
+    """``part`` without its (user, item) pairs in ``seen`` (sorted pair keys), the number dropped, and the
+    sorted keys of ``seen`` plus those of the returned part. ``part`` itself is returned when nothing clashes.
+    """
+    keys = _pair_keys(part)
+    clash = _isin_sorted(keys, seen)
+    n_dropped = int(clash.sum())
+    if n_dropped:
+        part = part.subset(np.flatnonzero(~clash))
+        keys = keys[~clash]
+    return part, n_dropped, np.sort(np.concatenate([seen, keys]))
 
 
 def split_interactions(

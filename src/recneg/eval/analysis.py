@@ -186,7 +186,11 @@ def ranking_auc(
     parts = [p for p in (exclude or []) if p is not None]
     excl = [p.positives(device) for p in parts]
     item_t = item_table.T.contiguous()
-    auc_l, pairs_l, hat_l, npos_l, nneg_l = [], {b: [] for b in betas}, {b: [] for b in betas}, [], []
+    auc_l: list[Tensor] = []
+    npos_l: list[Tensor] = []
+    nneg_l: list[Tensor] = []
+    pairs_l: dict[float, list[Tensor]] = {b: [] for b in betas}
+    hat_l: dict[float, list[Tensor]] = {b: [] for b in betas}
     users_all = torch.as_tensor(users_np, device=device)
     for start in range(0, users_all.numel(), chunk_size):
         chunk = users_all[start : start + chunk_size]

@@ -133,6 +133,8 @@ def popularity_recall(result, split: Split, ks=(20, 50), head: float = 0.2, tail
         ``{"head" | "torso" | "tail": {"recall@K", "recall_micro@K", "n_users", "n_targets"}}``.
     """
     target = split.test if part == "test" else split.valid
+    if target is None:
+        raise ConfigError(f"popularity_recall: part={part!r} but the split has no validation part")
     return bucket_recall(result, target, popularity_buckets(split.train.item_counts, head, tail), ks)
 
 

@@ -119,7 +119,7 @@ def write_report(
             xs = sorted(pts)
             curves[f"{method} ({model}, {ds})"] = (xs, [sum(pts[x]) / len(pts[x]) for x in xs])
     fig2 = report.line_plot(curves, out / f"curves_{main}.png", "epoch", main, f"{title}: {main} per epoch")
-    if fig is not None:
+    if fig is not None and fig2 is not None:  # both None without matplotlib
         md.append(f"\n![{main}]({fig.name})\n\n![curves]({fig2.name})\n")
     (out / "report.md").write_text("\n".join(md))
     public = [{k: v for k, v in r.items() if not k.startswith("_") or k == "_sig"} for r in rows]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,7 @@ def fmt_ms(values: Sequence[float], digits: int = 4) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-def fmt_p(p: float) -> str:
+def fmt_p(p: float | None) -> str:
     if p is None or (isinstance(p, float) and math.isnan(p)):
         return "–"
     return f"{p:.2g}" if p >= 1e-4 else "<1e-4"
@@ -177,13 +177,13 @@ def _save(fig, plt, path: Path) -> Path:
 
 
 def line_plot(
-    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     path: str | Path,
     xlabel: str,
     ylabel: str,
     title: str = "",
     logx: bool = False,
-    errors: dict[str, Sequence[float]] | None = None,
+    errors: Mapping[str, Sequence[float]] | None = None,
 ) -> Path | None:
     """One line per entry of ``series`` (``{label: (x, y)}``), optional error bars; PNG at ``path``."""
     plt = pyplot()

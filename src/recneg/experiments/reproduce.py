@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +39,7 @@ SMOKE_DATA = {
     "valid_ratio": 0.1,
 }
 SMOKE_TRAIN = dict(epochs=3, batch_size=256, lr=5e-3, eval_every=1, patience=0, reg=1e-4)
+Row = dict[str, Any]  # one row of a claim's table: column -> str / float
 
 
 @dataclass
@@ -253,7 +255,9 @@ def false_negatives(ctx: Context) -> dict:
             j["key"] = j["key"].replace(f"/{j['method']}/", f"/{j['method']}/c{c:g}/")
             jobs.append(j)
     results = ctx.run(jobs)
-    table, series, fn_series = [], {}, {}
+    table: list[Row] = []
+    series: dict[str, tuple[list[float], list[float]]] = {}  # method -> (c values, recall@50)
+    fn_series: dict[str, tuple[list[float], list[float]]] = {}  # method -> (c values, fn rate)
     stats: dict[tuple, dict] = {}
     for r in results:
         key = (r["job"]["method"], r["job"]["protocol"]["reveal"])
@@ -348,7 +352,7 @@ def hardness_vs_k(ctx: Context) -> dict:
         {"per_user": ["ndcg@20"]},
     )
     res = _by_method(ctx.run(jobs))
-    table = []
+    table: list[Row] = []
     for label, runs in res.items():
         table.append(
             {
@@ -517,9 +521,9 @@ def ans_table(ctx: Context) -> dict:
     results = ctx.run(jobs)
     rows = report.comparison_rows(results, metrics, baseline="ans")
     means = {r["method"]: r["_recall@20"] for r in rows}
-    best = max(means, key=means.get)
+    best = max(means, key=lambda m: means[m])
     others = {m: v for m, v in means.items() if m != "ans"}
-    runner_up = max(others, key=others.get)
+    runner_up = max(others, key=lambda m: others[m])
     labels = [r["method"] for r in rows]
     groups = _by_method(results)
     ctx.fig(
@@ -532,7 +536,8 @@ def ans_table(ctx: Context) -> dict:
             "ANS table (MF)",
         )
     )
-    sig = next((r.get("_sig") for r in rows if r["method"] == runner_up), {}) or {}
+    runner_up_row = next(r for r in rows if r["method"] == runner_up)
+    sig: dict[str, float] = runner_up_row.get("_sig") or {}  # p-values vs ANS
     return {
         "claims": [
             {
@@ -631,7 +636,7 @@ def ambiguous_trap(ctx: Context) -> dict:
         {"per_user": ["recall@20"], "diagnostics": ["histogram", "pool", "hardness"]},
     )
     res = _by_method(ctx.run(jobs))
-    rows = []
+    rows: list[Row] = []
     for label, runs in res.items():
         for h in runs[0]["history"]:
             d = h.get("diagnostics", {})
@@ -699,7 +704,7 @@ def mns_two_tower(ctx: Context) -> dict:
         {"per_user": ["recall@20"], "buckets": True},
     )
     res = _by_method(ctx.run(jobs))
-    rows = []
+    rows: list[Row] = []
     for label, runs in res.items():
         rows.append(
             {

@@ -118,7 +118,7 @@ def tune(
         s_space = {k: v for k, v in SPACES.get(s_name, {}).items() if k not in s_fixed}
         l_space = {k: v for k, v in LOSS_SPACES.get(l_name, {}).items() if k not in l_fixed}
         t_space = {k: v for k, v in TRAIN_SPACE.items() if tune_train and k not in train}
-        trials = []
+        trials: list[dict] = []  # {"number", "params", "value"} per finished trial
 
         def objective(
             trial,

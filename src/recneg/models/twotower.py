@@ -24,7 +24,9 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -99,6 +101,10 @@ class Tower(nn.Module):
         mlp: ``nn.Sequential`` of Linear/ReLU(/Dropout), no activation after the last Linear.
         in_dim: width of the concatenated input (0 when the tower has no input).
     """
+
+    # registered buffers, present when the features have such fields (has_categorical, has_dense)
+    cat_codes: Tensor  # [n_ids, n_categorical] int64
+    dense: Tensor  # [n_ids, n_dense] float32
 
     def __init__(
         self, n_ids: int, config: TwoTowerConfig, features: FeatureSet | None, use_id: bool, side: str
@@ -180,7 +186,8 @@ class Tower(nn.Module):
         if self.has_categorical:
             codes = self.cat_codes[flat]
             parts.extend(emb(codes[:, f]) for f, emb in enumerate(self.cat_embeddings))
-        for k, bag in enumerate(self.bag_embeddings):
+        # nn.ModuleList iterates as nn.Module; bag_embeddings holds nn.EmbeddingBag only
+        for k, bag in enumerate(cast(Iterable[nn.EmbeddingBag], self.bag_embeddings)):
             ind, off = gather_bags(getattr(self, f"bag_indices_{k}"), getattr(self, f"bag_offsets_{k}"), flat)
             parts.append(bag(ind, off[:-1]) if flat.numel() else bag.weight.new_zeros(0, bag.embedding_dim))
         if self.has_dense:

@@ -110,6 +110,8 @@ class ANNHardSampler(Sampler):
     """
 
     excludes_positives = True
+    step_: Tensor  # registered buffers
+    snapshot_: Tensor
 
     def __init__(self, config: ANNHardConfig | None = None):
         super().__init__(config or ANNHardConfig())
@@ -178,14 +180,19 @@ class ANNHardSampler(Sampler):
         ``-1`` marks a slot an approximate index left empty.
         """
         k = min(int(k), self._n_items())
-        if self._index is None:
+        if self._items is not None:  # exact path
             scores = queries.detach().to(self._items.dtype) @ self._items.T
             return torch.topk(scores, k, dim=1).indices
+        assert self._index is not None  # _n_items() raised otherwise
         _, ids = self._index.search(queries.detach().float().cpu(), k)
         return ids.to(queries.device)
 
     def _n_items(self) -> int:
-        return int(self._items.shape[0]) if self._index is None else self._index.n_items
+        if self._items is not None:
+            return int(self._items.shape[0])
+        if self._index is not None:
+            return self._index.n_items
+        raise RuntimeError("ann_hard: search() before build()")
 
     def on_epoch_start(self, epoch: int, model, generator=None) -> None:
         if self.config.refresh_every == 0:

@@ -42,6 +42,7 @@ __all__ = [
     "safe_reciprocal_sigmoid",
 ]
 
+
 def _opt(default, help: str):
     return field(default=default, metadata={"help": help})
 
@@ -160,8 +161,15 @@ class ANSConfig:
         require_choice("mode", self, ANS_MODES)
         require_choice("selection", self, ANS_SELECTIONS)
         require_choice("score", self, ANS_SCORES)
-        for name in ("detach_margin", "disentangle", "use_gain", "regulate_direction", "regulate_magnitude",
-                     "augment", "exclude_positives"):
+        for name in (
+            "detach_margin",
+            "disentangle",
+            "use_gain",
+            "regulate_direction",
+            "regulate_magnitude",
+            "augment",
+            "exclude_positives",
+        ):
             require_bool(name, self)
         if self.score == "sum_layers" and self.selection == "pooled":
             raise ConfigError(
@@ -479,6 +487,8 @@ class DENSSampler(Sampler):
         Lai, Riwei et al. "Disentangled Negative Sampling for Collaborative Filtering." WSDM 2023.
         Code: github.com/Riwei-HEU/DENS. ALGORITHMS.md §7.5.
     """
+
+    epoch_: Tensor  # registered buffer
 
     def __init__(self, config: DENSConfig | None = None):
         super().__init__(config or DENSConfig())
