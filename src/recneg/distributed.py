@@ -164,20 +164,36 @@ def active_world() -> int:
     return 1
 
 
+class _GatherRows(torch.autograd.Function):
+    """All-gather along dim 0 whose backward sums the ranks' gradients and keeps this rank's rows."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.rows = x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, 0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)  # every rank's loss may have used every row
+        start = dist.get_rank() * ctx.rows
+        return total[start : start + ctx.rows]
+
+
 def gather_with_grad(x: Tensor) -> tuple[Tensor, int]:
     """Concatenate every rank's ``x`` along dim 0, keeping autograd; also return this rank's row offset.
 
-    The backward pass sends each block's gradient back to the rank that owns it (summed over the ranks
-    that used it), so embeddings gathered as shared negatives are trained on their owner.
+    The backward pass sends each block's gradient, summed over the ranks whose losses used it, back to the
+    rank that owns the block, so embeddings gathered as shared negatives are trained on their owner.
     Every rank must pass the same shape.
 
     Shape: ``x [n, *f]`` -> ``([world * n, *f], rank * n)``; the identity ``(x, 0)`` in one process.
     """
     if active_world() == 1:
         return x, 0
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x), 0), dist.get_rank() * x.shape[0]
+    return _GatherRows.apply(x), dist.get_rank() * x.shape[0]
 
 
 def gather_ids(x: Tensor) -> Tensor:
