@@ -119,6 +119,7 @@ def main(argv=None) -> None:
     for config in args.configs.split(","):
         base = None
         for nproc in nprocs:
+            load_before = os.getloadavg()[0]
             got = launch(args, config, nproc)
             rate = statistics.median(got["pairs_per_second"])
             base = base or rate
@@ -130,6 +131,7 @@ def main(argv=None) -> None:
                     "speed-up vs first": rate / base,
                     "epochs timed": len(got["pairs_per_second"]),
                     "train pairs": got["n_train"],
+                    "load avg (1 min) before/after": f"{load_before:.1f}/{os.getloadavg()[0]:.1f}",
                 }
             )
             print(rows[-1], flush=True)
@@ -139,6 +141,7 @@ def main(argv=None) -> None:
     command = "python -m benchmarks.distributed " + " ".join(sys.argv[1:])
     payload = {"command": command, "machine": stamp, "note": args.note, "settings": vars(args), "rows": rows}
     columns = ["config", "processes", "pairs/s (median)", "speed-up vs first", "epochs timed", "train pairs"]
+    columns.append("load avg (1 min) before/after")
     md = (
         f"# Distributed training throughput ({device})\n\nCommand: `{command}`\n\n"
         f"Synthetic data: {args.users} users × {args.items} items, mean degree {args.degree}; MF dim "

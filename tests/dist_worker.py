@@ -1,9 +1,9 @@
 """torchrun entry point of tests/test_distributed.py (not collected by pytest).
 
     torchrun --nproc-per-node 2 tests/dist_worker.py train OUT.pt
-        trains every case of dist_cases.CASES on 2 ranks, plus ANS (a sampler with parameters), and rank 0
-        saves final weights, sampler buffers, history, the sharded test evaluation and every rank's ANS
-        parameters to OUT.pt
+        trains every case of dist_cases.CASES on 2 ranks, plus ANS (a sampler with parameters) and MNS, and
+        rank 0 saves final weights, sampler buffers, history, the sharded test evaluation, every rank's ANS
+        parameters and MNS's first batch to OUT.pt
     torchrun --nproc-per-node 2 tests/dist_worker.py kill RANK EPOCH -- <recneg train flags>
         runs ``recneg train`` and makes rank RANK exit abruptly (os._exit) in the given 0-based epoch
 """
@@ -49,9 +49,42 @@ def train(out_path: str) -> None:
         "params": distributed.gather_objects({k: v.detach().clone() for k, v in sampler.named_parameters()}),
         "model": distributed.gather_objects({k: v.detach().clone() for k, v in model.state_dict().items()}),
     }
+    saved["mns"] = _mns(split)
     if ctx.is_main:
         torch.save(saved, out_path)
     distributed.shutdown()
+
+
+class _FirstBatch:
+    def __init__(self):
+        self.seen = None
+
+    def on_batch(self, trainer, b, users, pos, view, neg):
+        if self.seen is None:
+            self.seen = {"rows": users.numel(), "ids": neg.ids.clone(), "log_q": neg.log_q.detach().clone()}
+            self.seen.update(emb=tuple(neg.emb.shape), mask=tuple(neg.mask.shape))
+
+
+def _mns(split) -> dict:
+    """One epoch of MNS (B' = 16 uniform items per global step): the first batch's columns, the losses,
+    and the error for a B' that does not split over the ranks."""
+    from dataclasses import replace
+
+    from recneg.errors import ConfigError
+
+    cfg = replace(dist_cases.CONFIG, epochs=1)
+    torch.manual_seed(0)
+    first = _FirstBatch()
+    model = build_model("mf", split.train, dim=8)
+    sampler = build_sampler("mns", n_uniform=16).bind(split.train)
+    result = Trainer(model, sampler, split, build_loss("softmax"), cfg, callbacks=[first]).run()
+    out = {"first": first.seen, "losses": [r["loss"] for r in result.history]}
+    try:
+        bad = build_sampler("mns", n_uniform=15).bind(split.train)
+        Trainer(model, bad, split, build_loss("softmax"), cfg).run()
+    except ConfigError as exc:
+        out["odd_error"] = str(exc)
+    return out
 
 
 class _ExitInEpoch:

@@ -5,6 +5,7 @@
   exact and the streaming frequency, whose negatives and gradients cross ranks);
 * the sharded evaluation returns exactly (bit for bit) the single-process evaluation;
 * a sampler with parameters (ANS) ends with the same parameters on every rank (DDP covers it);
+* MNS's columns are the global batch plus the gathered uniform draws, with logQ of the global batch size;
 * a rank that dies makes the job fail within a bounded time; ``--resume`` then completes from the last
   checkpoint and ends with the metrics of an uninterrupted 2-process run;
 * bad settings (batch size or n_uniform not divisible by the ranks, a checkpoint of another world size,
@@ -110,6 +111,21 @@ def test_sampler_parameters_are_synchronised_by_ddp(two_rank):
     models = two_rank["ans"]["model"]
     for name in models[0]:
         torch.testing.assert_close(models[0][name], models[1][name], rtol=0, atol=0, msg=name)
+
+
+def test_mns_columns_are_the_global_batch_and_logq_uses_the_global_batch_size(two_rank, split):
+    got = two_rank["mns"]
+    first = got["first"]
+    rows, n_items = dist_cases.CONFIG.batch_size // 2, split.train.n_items
+    assert first["rows"] == rows
+    assert first["emb"] == (2 * rows + 16, 8)  # B = 64 gathered positives + B' = 16 gathered draws
+    assert first["mask"] == (rows, 2 * rows + 16)
+    counts = torch.as_tensor(split.train.item_counts, dtype=torch.float64)
+    q = counts / counts.sum()
+    expected = torch.log(64 * q[first["ids"]] + 16 / n_items).to(first["log_q"].dtype)
+    torch.testing.assert_close(first["log_q"], expected)
+    assert np.isfinite(got["losses"]).all()
+    assert "n_uniform=15 must be divisible by the number of processes (2)" in got["odd_error"]
 
 
 # --------------------------------------------------------------------------------------------- evaluation
