@@ -23,6 +23,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -42,6 +43,7 @@ from recneg.distributed import (
 from recneg.errors import ConfigError, DataError, RecnegError
 from recneg.eval.ranking import EvalResult, evaluate
 from recneg.logging import make_logger
+from recneg.models.base import Recommender
 from recneg.resources import check_fits
 from recneg.samplers.base import Sampler
 from recneg.train_step import TrainStep, data_parallel
@@ -177,7 +179,7 @@ class Trainer:
             p for p in list(self.model.parameters()) + list(self.sampler.parameters()) if p.requires_grad
         ]
         self.optimizer = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay)
-        self.step = TrainStep(self.model, self.sampler, self.loss_fn, cfg.reg)
+        self.step = TrainStep(cast(Recommender, self.model), self.sampler, self.loss_fn, cfg.reg)
         self.step_fn = data_parallel(self.step, self.device) if self.dist.enabled else self.step
         self.train_users = torch.as_tensor(split.train.users, device=self.device)
         self.train_items = torch.as_tensor(split.train.items, device=self.device)
@@ -321,8 +323,8 @@ class Trainer:
             self.best_score, self.best_epoch, self.best_valid = score, self.epoch, dict(metrics)
             self.best_state = {"model": _clone_state(self.model), "sampler": _clone_state(self.sampler)}
             self.evals_since_best = 0
-            if self.writes:
-                atomic_torch_save(self.best_state["model"], self.out_dir / BEST_MODEL)
+            if (path := self._written(BEST_MODEL)) is not None:
+                atomic_torch_save(self.best_state["model"], path)
         else:
             self.evals_since_best += 1
             if cfg.patience and self.evals_since_best >= cfg.patience:
@@ -333,8 +335,8 @@ class Trainer:
         if self.use_valid and self.best_state is not None:
             self.model.load_state_dict(self.best_state["model"])
             self.sampler.load_state_dict(self.best_state["sampler"])
-        elif self.writes:
-            atomic_torch_save(_clone_state(self.model), self.out_dir / BEST_MODEL)
+        elif (path := self._written(BEST_MODEL)) is not None:
+            atomic_torch_save(_clone_state(self.model), path)
         test = self.evaluate("test")
         result = RunResult(
             valid=self.best_valid,
@@ -347,15 +349,20 @@ class Trainer:
             test_result=test,
             out_dir=self.out_dir,
         )
-        if self.writes:
-            atomic_write_text(self.out_dir / METRICS, json.dumps(result.metrics_json(), indent=2))
+        if (path := self._written(METRICS)) is not None:
+            atomic_write_text(path, json.dumps(result.metrics_json(), indent=2))
         return result
 
     # ---------------------------------------------------------------------------------------- files
+    def _written(self, name: str) -> Path | None:
+        """``out_dir / name`` if this process writes the run folder (rank 0 with a folder), else ``None``."""
+        return self.out_dir / name if self.writes and self.out_dir is not None else None
+
     def _append_history(self, record: dict) -> None:
-        if not self.writes:
+        path = self._written(HISTORY)
+        if path is None:
             return
-        with open(self.out_dir / HISTORY, "a", encoding="utf-8") as fh:
+        with open(path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
             fh.flush()
 
@@ -393,9 +400,9 @@ class Trainer:
         """Write ``checkpoint.pt`` atomically (rank 0; every rank must call it in a multi-process job)."""
         if self.out_dir is None:
             return
-        state = self.state()
-        if self.writes:
-            atomic_torch_save(state, self.out_dir / CHECKPOINT)
+        state = self.state()  # a collective in a multi-process job: every rank computes it
+        if (path := self._written(CHECKPOINT)) is not None:
+            atomic_torch_save(state, path)
 
     def load_state(self, state: dict) -> None:
         saved_world = int(state.get("world", 1))
@@ -424,9 +431,8 @@ class Trainer:
         self.evals_since_best = int(state["evals_since_best"])
         self.train_seconds = float(state["train_seconds"])
         self.stopped = bool(state["stopped"])
-        if self.writes:  # drop history lines of epochs after the checkpoint: they are redone
-            text = "".join(json.dumps(r) + "\n" for r in self.history)
-            atomic_write_text(self.out_dir / HISTORY, text)
+        if (path := self._written(HISTORY)) is not None:  # drop lines of epochs after the checkpoint
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.history))
 
     def resume_from(self, run_dir: str | Path) -> bool:
         """Load ``run_dir/checkpoint.pt`` if it exists. Returns whether a checkpoint was loaded."""

@@ -10,12 +10,13 @@ always ran, in the same order.
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from recneg.losses import l2_regularization
-from recneg.models.base import ModelView
+from recneg.models.base import ModelView, Recommender
 from recneg.samplers.base import Negatives, Sampler
 
 
@@ -30,7 +31,7 @@ class TrainStep(nn.Module):
         ``users, pos [B]`` -> ``(loss scalar, ModelView, Negatives)``.
     """
 
-    def __init__(self, model: nn.Module, sampler: Sampler, loss_fn: nn.Module, reg: float):
+    def __init__(self, model: Recommender, sampler: Sampler, loss_fn: nn.Module, reg: float):
         super().__init__()
         self.model = model
         self.sampler = sampler
@@ -66,6 +67,6 @@ def data_parallel(step: TrainStep, device: torch.device) -> nn.Module:
     # newer torch renames the per-forward buffer broadcast (and warns on the old name)
     accepted = inspect.signature(DistributedDataParallel.__init__).parameters
     flag = "forward_sync_buffers" if "forward_sync_buffers" in accepted else "broadcast_buffers"
-    return DistributedDataParallel(
-        step, device_ids=device_ids, find_unused_parameters=sampler_trains, **{flag: False}
-    )
+    options: dict[str, Any] = {flag: False, "device_ids": device_ids}
+    options["find_unused_parameters"] = sampler_trains
+    return DistributedDataParallel(step, **options)
