@@ -172,7 +172,10 @@ def format_metrics(metrics: dict, title: str = "") -> str:
 
 
 def cmd_train(args) -> int:
+    from recneg.distributed import launched_by_torchrun
     from recneg.runner import resume, run
+
+    is_main = _env_rank() == 0  # under torchrun, rank 0 alone prints
 
     if args.resume:
         others = [
@@ -186,12 +189,18 @@ def cmd_train(args) -> int:
             )
         result, finished = resume(args.resume)
         if finished is not None:
-            print(f"run {args.resume} had already finished; its metrics:")
-            print(format_metrics(finished.get("test", {}), "test  "))
+            if is_main:
+                print(f"run {args.resume} had already finished; its metrics:")
+                print(format_metrics(finished.get("test", {}), "test  "))
             return 0
         out = Path(args.resume)
     else:
         cfg = build_run_config(args)
+        if launched_by_torchrun() and not args.out:
+            raise ConfigError(
+                "under torchrun, give --out RUN_DIR: every rank must use the same run folder (the default "
+                "name holds each process's clock time)"
+            )
         out = (
             Path(args.out)
             if args.out
@@ -201,6 +210,8 @@ def cmd_train(args) -> int:
             )
         )
         result = run(cfg, out)
+    if not is_main:
+        return 0
     if result.valid:
         print(format_metrics(result.valid, "valid "))
     print(format_metrics(result.test, "test  "))
@@ -209,6 +220,13 @@ def cmd_train(args) -> int:
         f"run folder: {out}"
     )
     return 0
+
+
+def _env_rank() -> int:
+    import os
+
+    raw = os.environ.get("RANK", "0")
+    return int(raw) if raw.strip().isdigit() else 0
 
 
 def cmd_evaluate(args) -> int:

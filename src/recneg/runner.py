@@ -5,6 +5,10 @@ This is what ``recneg train`` calls; it is also the one-call Python entry point:
     from recneg.config import RunConfig
     from recneg.runner import run
     result = run(RunConfig(), out_dir="runs/default")
+
+Launched by ``torchrun`` (``WORLD_SIZE`` > 1), :func:`run` joins the process group first (see
+:mod:`recneg.distributed`), every rank trains its share, rank 0 alone writes the run folder, and the group is
+left at the end.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from recneg import distributed
 from recneg.config import RunConfig
 from recneg.errors import ConfigError, DataError
 from recneg.registry import LOSSES, MODELS, SAMPLERS, build_loss, build_model, build_sampler
@@ -65,20 +70,38 @@ def build_components(cfg: RunConfig, split):
     return model, sampler.bind(split.train), loss
 
 
-def run(cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = False) -> RunResult:
-    """Load data, build components, train (resuming from ``out_dir`` when asked), write the run folder."""
+def run(
+    cfg: RunConfig, out_dir: str | Path | None = None, resume: bool = False, callbacks: list | None = None
+) -> RunResult:
+    """Load data, build components, train (resuming from ``out_dir`` when asked), write the run folder.
+
+    ``callbacks`` go to the :class:`~recneg.train.Trainer`. Under torchrun every rank calls this.
+    """
+    ctx = distributed.init_from_env(cfg.train.device)
+    try:
+        return _run(cfg, out_dir, resume, callbacks, ctx)
+    finally:
+        if ctx.enabled:
+            distributed.shutdown()
+
+
+def _run(cfg: RunConfig, out_dir, resume: bool, callbacks, ctx: distributed.DistContext) -> RunResult:
     split = load_split(cfg)
     torch.manual_seed(cfg.train.seed)  # the seed decides the initial weights too (same seed => same run)
     model, sampler, loss = build_components(cfg, split)
     if out_dir is not None:
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if not resume or not (out_dir / CHECKPOINT).is_file():  # no checkpoint: the run starts afresh
-            for stale in (CHECKPOINT, METRICS, "history.jsonl", "model.pt"):
-                (out_dir / stale).unlink(missing_ok=True)
-        cfg.save(out_dir / "config.json")
-        split.train.save_id_maps(out_dir / "id_maps.json")
-    trainer = Trainer(model, sampler, split, loss, cfg.train, out_dir, run_config=cfg)
+        resuming = resume and (out_dir / CHECKPOINT).is_file()
+        distributed.barrier()  # every rank has looked for the checkpoint before rank 0 may remove it
+        if ctx.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            if not resuming:  # no checkpoint: the run starts afresh
+                for stale in (CHECKPOINT, METRICS, "history.jsonl", "model.pt"):
+                    (out_dir / stale).unlink(missing_ok=True)
+            cfg.save(out_dir / "config.json")
+            split.train.save_id_maps(out_dir / "id_maps.json")
+        distributed.barrier()
+    trainer = Trainer(model, sampler, split, loss, cfg.train, out_dir, run_config=cfg, callbacks=callbacks)
     if resume and out_dir is not None:
         trainer.resume_from(out_dir)
     return trainer.run()

@@ -9,6 +9,10 @@ One training step, as the architecture guide draws it::
 The trainer never looks at which sampler or model it runs. A run folder holds ``config.json``,
 ``id_maps.json``, ``history.jsonl`` (one line per finished epoch), ``checkpoint.pt`` (written atomically at
 each evaluation), ``model.pt`` (best weights) and ``metrics.json`` (at the end).
+
+Under ``torchrun`` (see :mod:`recneg.distributed`) every rank runs this trainer: rank ``r`` takes block ``r``
+of each global batch, DistributedDataParallel averages the gradients, evaluation is sharded by users, and
+rank 0 alone writes the run folder. Without a process group nothing of that runs.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -26,12 +31,22 @@ from torch import nn
 from recneg.config import RunConfig, TrainConfig
 from recneg.data.interactions import Split
 from recneg.data.split import check_split
+from recneg.distributed import (
+    SEED_STRIDE,
+    DistContext,
+    all_mean,
+    check_divisible,
+    current,
+    gather_objects,
+    trainer_device,
+)
 from recneg.errors import ConfigError, DataError, RecnegError
 from recneg.eval.ranking import EvalResult, evaluate
 from recneg.logging import make_logger
-from recneg.losses import l2_regularization
+from recneg.models.base import Recommender
 from recneg.resources import check_fits
 from recneg.samplers.base import Sampler
+from recneg.train_step import TrainStep, data_parallel
 from recneg.utils import (
     atomic_torch_save,
     atomic_write_text,
@@ -117,6 +132,9 @@ class Trainer:
     ``on_batch(trainer, batch_index, users, pos, view, negatives)`` after the sampler ran (for diagnostics:
     the hooks see the batch and must not change it), and ``on_epoch_end(trainer, record) -> dict | None``
     whose returned floats go to the epoch's ``history.jsonl`` line under ``"diagnostics"``.
+
+    ``dist``: the process's place in a multi-process job; default :func:`recneg.distributed.current`
+    (the initialised process group, or a single process).
     """
 
     def __init__(
@@ -129,14 +147,17 @@ class Trainer:
         out_dir: str | Path | None = None,
         run_config: RunConfig | None = None,
         callbacks: list | None = None,
+        dist: DistContext | None = None,
     ):
         from recneg.losses import BPRLoss
 
         self.config = config or TrainConfig()
+        self.dist = dist or current()
+        check_divisible("batch_size", self.config.batch_size, self.dist)
         check_split(split, cold_users=False)  # one id space; every user has a negative item
         set_threads(self.config.threads)
         set_deterministic(self.config.deterministic)
-        self.device = resolve_device(self.config.device)
+        self.device = resolve_device(trainer_device(self.dist, self.config.device))
         self.split = split
         if sampler.train_ is None:
             sampler.bind(split.train)
@@ -148,7 +169,9 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.run_config = run_config
         self.callbacks = list(callbacks or [])
-        self.logger = make_logger(self.config.logger, self.out_dir)  # extra sink beside history.jsonl
+        self.writes = self.out_dir is not None and self.dist.is_main  # rank 0 alone writes the run folder
+        # extra sink beside history.jsonl
+        self.logger = make_logger(self.config.logger, self.out_dir if self.writes else None)
         if len(split.train) == 0:
             raise ConfigError("the training part is empty: nothing to train on")
         cfg = self.config
@@ -156,6 +179,8 @@ class Trainer:
             p for p in list(self.model.parameters()) + list(self.sampler.parameters()) if p.requires_grad
         ]
         self.optimizer = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay)
+        self.step = TrainStep(cast(Recommender, self.model), self.sampler, self.loss_fn, cfg.reg)
+        self.step_fn = data_parallel(self.step, self.device) if self.dist.enabled else self.step
         self.train_users = torch.as_tensor(split.train.users, device=self.device)
         self.train_items = torch.as_tensor(split.train.items, device=self.device)
         self.use_valid = split.valid is not None and len(split.valid) > 0
@@ -169,9 +194,9 @@ class Trainer:
         self.evals_since_best = 0
         self.train_seconds = 0.0
         self.stopped = False
-        torch.manual_seed(cfg.seed)
-        self.shuffle_gen = torch.Generator().manual_seed(cfg.seed)
-        self.sample_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+        torch.manual_seed(cfg.seed + self.dist.rank * SEED_STRIDE)
+        self.shuffle_gen = torch.Generator().manual_seed(cfg.seed)  # the same permutation on every rank
+        self.sample_gen = torch.Generator(device=self.device).manual_seed(self.dist.sampler_seed(cfg.seed))
 
     # ---------------------------------------------------------------------------------------- one epoch
     def train_epoch(self) -> dict:
@@ -184,24 +209,23 @@ class Trainer:
         sampler.on_epoch_start(self.epoch, model, self.sample_gen)
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         stats: dict = {}
+        steps = 0
         bar = None
-        if cfg.progress:
+        if cfg.progress and self.dist.is_main:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=n_batches, desc=f"epoch {self.epoch + 1}", leave=False, unit="batch")
         start = time.perf_counter()
         for b in range(n_batches):
-            idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            idx = self._rank_rows(perm[b * cfg.batch_size : (b + 1) * cfg.batch_size])
+            if idx.numel() == 0:  # a last batch smaller than the number of ranks: skipped by every rank
+                continue
+            steps += 1
             users, pos = self.train_users[idx], self.train_items[idx]
-            view = model.view(users, pos)
-            neg = sampler(users, pos, view, generator=self.sample_gen)
+            loss, view, neg = self.step_fn(users, pos, self.sample_gen)
             for cb in self.callbacks:
                 if hasattr(cb, "on_batch"):
                     cb.on_batch(self, b, users, pos, view, neg)
-            loss = self.loss_fn(view.user_emb, view.pos_emb, neg)
-            loss = loss + l2_regularization(view, neg, cfg.reg)
-            if neg.aux_loss is not None:
-                loss = loss + neg.aux_loss
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -221,7 +245,8 @@ class Trainer:
         seconds = time.perf_counter() - start
         if bar is not None:
             bar.close()
-        mean_loss = float(total) / n_batches
+        steps = max(steps, 1)
+        mean_loss = float(all_mean(total)) / steps
         if not math.isfinite(mean_loss):
             raise DivergedError(
                 f"training loss became {mean_loss} in epoch {self.epoch + 1}; expected a finite loss: lower "
@@ -234,7 +259,7 @@ class Trainer:
             "pairs_per_second": n / seconds if seconds > 0 else None,
         }
         if stats:
-            record["sampler"] = {k: float(v) / n_batches for k, v in stats.items()}
+            record["sampler"] = self._mean_over_ranks({k: float(v) / steps for k, v in stats.items()})
         for cb in self.callbacks:
             if hasattr(cb, "on_epoch_end"):
                 extra = cb.on_epoch_end(self, record)
@@ -242,9 +267,28 @@ class Trainer:
                     record.setdefault("diagnostics", {}).update(extra)
         return record
 
+    def _rank_rows(self, idx):
+        """This rank's block of one global batch ``idx [m]``: ``[m // world]`` rows (all of them alone).
+
+        Equal blocks on every rank keep the mean of the ranks' mean losses equal to the global batch's mean
+        loss; a last batch that does not split evenly loses its ``m % world`` trailing rows.
+        """
+        if not self.dist.enabled:
+            return idx
+        per_rank = idx.numel() // self.dist.world
+        return idx[self.dist.rank * per_rank : (self.dist.rank + 1) * per_rank]
+
+    def _mean_over_ranks(self, values: dict) -> dict:
+        if not self.dist.enabled:
+            return values
+        every = gather_objects(values)
+        return {k: sum(d.get(k, 0.0) for d in every) / len(every) for k in values}
+
     def evaluate(self, part: str) -> EvalResult:
         cfg = self.config
-        return evaluate(self.model, self.split, part, cfg.topk, cfg.eval_chunk, mask_valid=cfg.mask_valid)
+        return evaluate(
+            self.model, self.split, part, cfg.topk, cfg.eval_chunk, mask_valid=cfg.mask_valid, dist=self.dist
+        )
 
     # ---------------------------------------------------------------------------------------- the run
     def run(self) -> RunResult:
@@ -279,8 +323,8 @@ class Trainer:
             self.best_score, self.best_epoch, self.best_valid = score, self.epoch, dict(metrics)
             self.best_state = {"model": _clone_state(self.model), "sampler": _clone_state(self.sampler)}
             self.evals_since_best = 0
-            if self.out_dir is not None:
-                atomic_torch_save(self.best_state["model"], self.out_dir / BEST_MODEL)
+            if (path := self._written(BEST_MODEL)) is not None:
+                atomic_torch_save(self.best_state["model"], path)
         else:
             self.evals_since_best += 1
             if cfg.patience and self.evals_since_best >= cfg.patience:
@@ -291,8 +335,8 @@ class Trainer:
         if self.use_valid and self.best_state is not None:
             self.model.load_state_dict(self.best_state["model"])
             self.sampler.load_state_dict(self.best_state["sampler"])
-        elif self.out_dir is not None:
-            atomic_torch_save(_clone_state(self.model), self.out_dir / BEST_MODEL)
+        elif (path := self._written(BEST_MODEL)) is not None:
+            atomic_torch_save(_clone_state(self.model), path)
         test = self.evaluate("test")
         result = RunResult(
             valid=self.best_valid,
@@ -305,15 +349,20 @@ class Trainer:
             test_result=test,
             out_dir=self.out_dir,
         )
-        if self.out_dir is not None:
-            atomic_write_text(self.out_dir / METRICS, json.dumps(result.metrics_json(), indent=2))
+        if (path := self._written(METRICS)) is not None:
+            atomic_write_text(path, json.dumps(result.metrics_json(), indent=2))
         return result
 
     # ---------------------------------------------------------------------------------------- files
+    def _written(self, name: str) -> Path | None:
+        """``out_dir / name`` if this process writes the run folder (rank 0 with a folder), else ``None``."""
+        return self.out_dir / name if self.writes and self.out_dir is not None else None
+
     def _append_history(self, record: dict) -> None:
-        if self.out_dir is None:
+        path = self._written(HISTORY)
+        if path is None:
             return
-        with open(self.out_dir / HISTORY, "a", encoding="utf-8") as fh:
+        with open(path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
             fh.flush()
 
@@ -325,7 +374,7 @@ class Trainer:
         }
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {
+        state = {
             "format": CHECKPOINT_FORMAT,
             "epoch": self.epoch,
             "model": self.model.state_dict(),
@@ -341,12 +390,30 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "stopped": self.stopped,
         }
+        if self.dist.enabled:  # every rank's own streams and sampler buffers, so a resume continues each one
+            own = {"rng": rng, "sampler": {k: v.detach().cpu() for k, v in self.sampler.state_dict().items()}}
+            state["world"] = self.dist.world
+            state["ranks"] = gather_objects(own)
+        return state
 
     def save_checkpoint(self) -> None:
-        if self.out_dir is not None:
-            atomic_torch_save(self.state(), self.out_dir / CHECKPOINT)
+        """Write ``checkpoint.pt`` atomically (rank 0; every rank must call it in a multi-process job)."""
+        if self.out_dir is None:
+            return
+        state = self.state()  # a collective in a multi-process job: every rank computes it
+        if (path := self._written(CHECKPOINT)) is not None:
+            atomic_torch_save(state, path)
 
     def load_state(self, state: dict) -> None:
+        saved_world = int(state.get("world", 1))
+        if saved_world != self.dist.world:
+            raise ConfigError(
+                f"the checkpoint was written by a job of {saved_world} process(es) but this one has "
+                f"{self.dist.world}; resume with the same number of processes (torchrun --nproc-per-node)"
+            )
+        if self.dist.enabled:
+            own = state["ranks"][self.dist.rank]
+            state = {**state, "rng": own["rng"], "sampler": own["sampler"]}
         self.epoch = int(state["epoch"])
         self.model.load_state_dict(state["model"])
         self.sampler.load_state_dict(state["sampler"])
@@ -364,9 +431,8 @@ class Trainer:
         self.evals_since_best = int(state["evals_since_best"])
         self.train_seconds = float(state["train_seconds"])
         self.stopped = bool(state["stopped"])
-        if self.out_dir is not None:  # drop history lines of epochs after the checkpoint: they are redone
-            text = "".join(json.dumps(r) + "\n" for r in self.history)
-            atomic_write_text(self.out_dir / HISTORY, text)
+        if (path := self._written(HISTORY)) is not None:  # drop lines of epochs after the checkpoint
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.history))
 
     def resume_from(self, run_dir: str | Path) -> bool:
         """Load ``run_dir/checkpoint.pt`` if it exists. Returns whether a checkpoint was loaded."""

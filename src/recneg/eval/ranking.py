@@ -6,6 +6,10 @@ with the targets. Memory is bounded by one ``[chunk_size, n_items]`` score block
 
 Items that occur only in the target set (no training interaction) are legal: they are in the id space and
 count in recall denominators.
+
+Sharded over processes (``dist`` with more than one rank): rank ``r`` ranks block ``r`` of the evaluated users
+(contiguous, ascending), the per-user results are gathered in rank order, and every rank averages the same
+arrays as one process would, so the metrics are bit-for-bit those of a single-process evaluation.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 from torch import Tensor
 
 from recneg.data.interactions import Interactions, PositiveIndex, Split
+from recneg.distributed import SINGLE, DistContext, gather_objects, user_block
 from recneg.errors import ConfigError
 from recneg.eval.metrics import topk_metrics
 from recneg.resources import format_bytes, is_out_of_memory
@@ -134,8 +139,12 @@ def evaluate_tables(
     topk=(10, 20, 50),
     chunk_size: int = 1024,
     deterministic_ties: bool = False,
+    dist: DistContext = SINGLE,
 ) -> EvalResult:
     """Evaluate fixed user/item tables on ``target`` (e.g. test), masking the ``exclude`` interactions.
+
+    With ``dist`` of several ranks, every rank must call this with the same tables; each ranks its block of
+    users and all return the same :class:`EvalResult` as a single process.
 
     Shape: ``user_table [n_users, d]``, ``item_table [n_items, d]``.
     """
@@ -144,7 +153,8 @@ def evaluate_tables(
         raise ConfigError(f"topk must be a non-empty list of ints >= 1, got {list(topk)}")
     device = user_table.device
     n_targets_np = target.csr.getnnz(axis=1)
-    users_np = np.flatnonzero(n_targets_np > 0)
+    all_users_np = np.flatnonzero(n_targets_np > 0)
+    users_np = user_block(all_users_np, dist)
     users = torch.as_tensor(users_np, device=device)
     parts = [p for p in (exclude or []) if p is not None]
     excl = PositiveIndex.from_csr(_csr_union(*parts), device) if parts else None
@@ -157,8 +167,30 @@ def evaluate_tables(
     n_targets = torch.as_tensor(n_targets_np[users_np], device=device)
     per_user_t = topk_metrics(hits, n_targets, ks) if users.numel() else {}
     per_user = {k: v.cpu().numpy() for k, v in per_user_t.items()}
+    top_np, hits_np = top.cpu().numpy(), hits.cpu().numpy()
+    if dist.enabled:
+        users_np, per_user, top_np, hits_np = _gather_blocks(users_np, per_user, top_np, hits_np, ks)
     metrics = {k: float(v.mean()) if v.size else 0.0 for k, v in per_user.items()}
-    return EvalResult(metrics, users_np, per_user, top.cpu().numpy(), hits.cpu().numpy())
+    return EvalResult(metrics, users_np, per_user, top_np, hits_np)
+
+
+def _gather_blocks(users: np.ndarray, per_user: dict, top: np.ndarray, hits: np.ndarray, ks: list[int]):
+    """Every rank's block of per-user results, concatenated in rank order (= ascending users).
+
+    A rank whose block is empty has no per-user arrays (``topk_metrics`` was not run): its metric arrays
+    are empty ones of the right keys.
+    """
+    blocks = gather_objects((users, per_user, top, hits))
+    keys = next((list(b[1]) for b in blocks if b[1]), [])
+    per_user_all = {
+        k: np.concatenate([b[1].get(k, np.zeros(0, dtype=np.float64)) for b in blocks]) for k in keys
+    }
+    return (
+        np.concatenate([b[0] for b in blocks]),
+        per_user_all,
+        np.concatenate([b[2] for b in blocks]),
+        np.concatenate([b[3] for b in blocks]),
+    )
 
 
 @torch.no_grad()
@@ -170,14 +202,18 @@ def evaluate(
     chunk_size: int = 1024,
     mask_valid: bool = True,
     deterministic_ties: bool = False,
+    dist: DistContext = SINGLE,
 ) -> EvalResult:
     """Full-ranking evaluation of a model on ``split.test`` (or ``split.valid``).
 
     Masks training positives; when testing, also masks validation positives unless ``mask_valid=False``
-    (ALGORITHMS.md §8.1 DECIDE: recneg masks them, as RecBole does).
+    (ALGORITHMS.md §8.1 DECIDE: recneg masks them, as RecBole does). ``dist``: shard the users over the
+    ranks of a process group (every rank calls this with the same model); the result equals one process's.
     """
     user_table, item_table, target, exclude = evaluation_inputs(model, split, part, mask_valid)
-    return evaluate_tables(user_table, item_table, target, exclude, topk, chunk_size, deterministic_ties)
+    return evaluate_tables(
+        user_table, item_table, target, exclude, topk, chunk_size, deterministic_ties, dist=dist
+    )
 
 
 @torch.no_grad()

@@ -29,6 +29,14 @@ Accidental hits (§6.4): column ``j`` of row ``b`` is masked when its item equal
 positive itself, scored as class 0 by the loss), another row with the same positive, or a uniform draw of
 ``i_b`` (``remove_accidental_hits``, default on; off masks the diagonal only). ``mask_user_positives`` also
 masks every training positive of ``u_b`` (one ``searchsorted`` over ``B × n`` keys per step).
+
+Several processes (torchrun, :mod:`recneg.distributed`). ``in_batch`` and ``mns`` share negatives across the
+whole *global* batch: every rank gathers the ``W`` ranks' positives (ids and embeddings, the latter with
+autograd, so each column's gradient returns to the rank that owns the row) and, for MNS, each rank draws
+``B′ / W`` uniform items from its own stream and gathers them too, so the columns are the global
+``B + B′`` of one process. ``B`` in ``p_batch`` is the global batch size, and the streaming estimator is fed
+the global batch's positives on every rank, so its state stays identical across ranks. The corpus samplers
+draw their ``n`` shared items per rank (nothing gathered).
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import torch
 from torch import Tensor
 
 from recneg._validation import require_bool, require_choice, require_float, require_int
+from recneg.distributed import active_world, gather_ids, gather_with_grad
 from recneg.errors import ConfigError, DataError
 from recneg.models.base import ModelView
 from recneg.registry import SAMPLERS
@@ -216,42 +225,56 @@ class InBatchSampler(Sampler):
     def forward(self, users: Tensor, pos: Tensor, view: ModelView, generator=None) -> BatchNegatives:
         if self.train_ is None:
             raise ConfigError(f"{type(self).__name__} is not bound to training data: call .bind(train) first")
-        device, n_batch, n_uniform = pos.device, pos.numel(), self.n_uniform
+        device, n_rows, n_uniform = pos.device, pos.numel(), self.n_uniform
         n_items = self.train_.n_items
+        # the global batch's positives; this rank's rows are columns offset .. offset + n_rows
+        batch_emb, offset = gather_with_grad(view.pos_emb)
+        batch_ids = gather_ids(pos)
+        n_batch = batch_ids.numel()  # B of the global batch
         if self.config.frequency == "streaming":
             if self.estimator.gap.device != device:
                 self.estimator.to(device)
-            self.estimator.update(pos)
+            self.estimator.update(batch_ids)
         if n_uniform:
-            drawn = torch.randint(n_items, (n_uniform,), device=device, generator=generator)
-            ids = torch.cat([pos, drawn])
-            emb = torch.cat([view.pos_emb, view.item_emb(drawn)], 0)
+            drawn = self._draw_uniform(n_items, device, generator)
+            drawn_emb, _ = gather_with_grad(view.item_emb(drawn))
+            ids = torch.cat([batch_ids, gather_ids(drawn)])
+            emb = torch.cat([batch_emb, drawn_emb], 0)
         else:
-            ids, emb = pos, view.pos_emb
+            ids, emb = batch_ids, batch_emb
         uniform_count = n_uniform / n_items  # expected count of any one item in the uniform stream, B'/n
         if self.mixture == "per_item":
             q = self.batch_frequency(ids, n_batch) + uniform_count  # Q~_j  [B + B']
         else:  # per_stream
             q = torch.cat(
                 [
-                    self.batch_frequency(pos, n_batch),
+                    self.batch_frequency(batch_ids, n_batch),
                     torch.full((n_uniform,), uniform_count, dtype=torch.float64, device=device),
                 ]
             )
         if self.config.q_scale == "probability":
             q = q / (n_batch + n_uniform)  # Q*_j
         log_q = q.clamp_min(torch.finfo(torch.float64).tiny).log().to(emb.dtype)
+        own = slice(offset, offset + n_rows)  # each row's own (diagonal) column
         if self.config.remove_accidental_hits:
             mask = accidental_hit_mask(pos, ids)  # the diagonal included
         else:
-            mask = torch.zeros(n_batch, ids.numel(), dtype=torch.bool, device=device)
-            mask[:, :n_batch].fill_diagonal_(True)
-        n_hits = mask.sum() - n_batch  # accidental hits, the diagonal excluded
+            mask = torch.zeros(n_rows, ids.numel(), dtype=torch.bool, device=device)
+            mask[:, own].fill_diagonal_(True)
+        n_hits = mask.sum() - n_rows  # accidental hits, the diagonal excluded
         mask = _finish_mask(self, mask, users, ids)
-        stats = {"accidental_hits": n_hits.detach().float() / max(n_batch, 1)}  # 0-d tensor: no device sync
-        return BatchNegatives(
-            emb=emb, ids=ids, log_q=log_q, mask=mask, pos_log_q=log_q[:n_batch], stats=stats
-        )
+        stats = {"accidental_hits": n_hits.detach().float() / max(n_rows, 1)}  # 0-d tensor: no device sync
+        return BatchNegatives(emb=emb, ids=ids, log_q=log_q, mask=mask, pos_log_q=log_q[own], stats=stats)
+
+    def _draw_uniform(self, n_items: int, device, generator) -> Tensor:
+        """This rank's share of the step's ``B′`` uniform items: ``[B′ / W]`` ids (all ``B′`` alone)."""
+        world = active_world()
+        if self.n_uniform % world:
+            raise ConfigError(
+                f"{type(self).__name__}: n_uniform={self.n_uniform} must be divisible by the number of "
+                f"processes ({world}): each rank draws n_uniform / {world} of them"
+            )
+        return torch.randint(n_items, (self.n_uniform // world,), device=device, generator=generator)
 
 
 @SAMPLERS.register(

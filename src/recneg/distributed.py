@@ -1,0 +1,262 @@
+"""Multi-process training on ``torch.distributed``: the process group, who this rank is, and collectives.
+
+recneg runs several processes with PyTorch's own engine: ``torchrun`` starts them and sets ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init_from_env` joins the process
+group (``gloo`` on CPU, ``nccl`` on CUDA, the same code path) and returns a :class:`DistContext` that the
+trainer consults. Without torchrun (or with one process) nothing is initialised and every helper here is the
+identity, so a single-process run is exactly what it was before this module existed.
+
+What each rank does (see ``docs/distributed.md``):
+
+- training pairs: every rank draws the same permutation; rank ``r`` takes block ``r`` of each global batch;
+- gradients: averaged by :class:`~torch.nn.parallel.DistributedDataParallel`;
+- batch samplers: the batch's positives (and MNS's uniform draws) are gathered from every rank with
+  :func:`gather_with_grad`, whose backward returns each row's gradient to the rank that owns it;
+- evaluation: users split into contiguous blocks, per-user results gathered, metrics averaged identically.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from recneg.errors import ConfigError
+
+TIMEOUT_ENV = "RECNEG_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 600.0
+SEED_STRIDE = 1 << 32  # rank r's sampler stream: seed + 1 + r * 2^32 (rank 0 keeps the single-process stream)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Who this process is in the job.
+
+    Attributes:
+        rank: global rank ``0 .. world-1``; local_rank: index of this process on its node (its GPU).
+        world: number of processes; 1 means a plain single-process run.
+        backend: ``"gloo"``, ``"nccl"``, or ``None`` when no process group is initialised.
+    """
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """True when gradients, batches and metrics are shared with other processes."""
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes the run folder (logs, checkpoints, metrics) and prints."""
+        return self.rank == 0
+
+    def sampler_seed(self, seed: int) -> int:
+        """Seed of this rank's sampler stream: ``seed + 1`` on rank 0 (as one process), disjoint after."""
+        return seed + 1 + self.rank * SEED_STRIDE
+
+
+SINGLE = DistContext()
+
+
+def current() -> DistContext:
+    """The context of the initialised default process group, or :data:`SINGLE` when there is none."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return SINGLE
+    local = _env_int("LOCAL_RANK", default=0)
+    return DistContext(dist.get_rank(), dist.get_world_size(), local, str(dist.get_backend()))
+
+
+def _env_int(name: str, default: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        if default is None:
+            raise ConfigError(f"environment variable {name} is not set; launch with torchrun")
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {name} must be an integer, got {raw!r}") from None
+
+
+def launched_by_torchrun() -> bool:
+    """True when the environment describes a job of more than one process (``WORLD_SIZE`` > 1)."""
+    return _env_int("WORLD_SIZE", default=1) > 1
+
+
+def _timeout() -> timedelta:
+    raw = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT_S))
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ConfigError(f"{TIMEOUT_ENV} must be a number of seconds, got {raw!r}") from None
+    if seconds <= 0:
+        raise ConfigError(f"{TIMEOUT_ENV} must be > 0 seconds, got {raw!r}")
+    return timedelta(seconds=seconds)
+
+
+def wants_cuda(device: str) -> bool:
+    """Whether the trainer's ``device`` setting (``auto | cpu | cuda | cuda:N``) runs on CUDA."""
+    if device == "auto":
+        return torch.cuda.is_available()
+    return device.startswith("cuda")
+
+
+def init_from_env(device: str = "auto") -> DistContext:
+    """Join the process group that torchrun's environment describes; :data:`SINGLE` without one.
+
+    Backend ``nccl`` when ``device`` runs on CUDA (each rank then uses ``cuda:LOCAL_RANK``), else ``gloo``.
+    Collectives give up after ``RECNEG_DIST_TIMEOUT`` seconds (default 600), so a rank that hangs cannot
+    hold the others forever; a rank that dies is noticed by torchrun, which stops the job.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return current()
+    if not launched_by_torchrun():
+        return SINGLE
+    if not dist.is_available():
+        raise ConfigError("WORLD_SIZE > 1 but this torch build has no torch.distributed support")
+    for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        if name not in os.environ:
+            raise ConfigError(f"WORLD_SIZE > 1 but {name} is not set; launch with torchrun")
+    if wants_cuda(device):
+        if device.startswith("cuda:"):
+            raise ConfigError(
+                f"device {device!r} names one GPU, but under torchrun each rank uses cuda:LOCAL_RANK; "
+                "set device to cuda or auto"
+            )
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} was asked for but CUDA is not available on this machine")
+        torch.cuda.set_device(_env_int("LOCAL_RANK"))
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    dist.init_process_group(backend, timeout=_timeout())
+    return current()
+
+
+def shutdown() -> None:
+    """Leave the process group (no-op when none is initialised)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def trainer_device(ctx: DistContext, device: str) -> str:
+    """The device setting a rank trains on: ``cuda:LOCAL_RANK`` for a CUDA job, ``device`` otherwise."""
+    if ctx.enabled and ctx.backend == "nccl":
+        return f"cuda:{ctx.local_rank}"
+    if ctx.enabled and device == "auto":
+        return "cpu"  # a gloo job was started for the CPU: do not drift onto a GPU
+    return device
+
+
+# --------------------------------------------------------------------------------------------- collectives
+def active_world() -> int:
+    """Number of processes in the initialised default group (1 without one)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather along dim 0 whose backward sums the ranks' gradients and keeps this rank's rows."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.rows = x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, 0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)  # every rank's loss may have used every row
+        start = dist.get_rank() * ctx.rows
+        return total[start : start + ctx.rows]
+
+
+def gather_with_grad(x: Tensor) -> tuple[Tensor, int]:
+    """Concatenate every rank's ``x`` along dim 0, keeping autograd; also return this rank's row offset.
+
+    The backward pass sends each block's gradient, summed over the ranks whose losses used it, back to the
+    rank that owns the block, so embeddings gathered as shared negatives are trained on their owner.
+    Every rank must pass the same shape.
+
+    Shape: ``x [n, *f]`` -> ``([world * n, *f], rank * n)``; the identity ``(x, 0)`` in one process.
+    """
+    if active_world() == 1:
+        return x, 0
+    return _GatherRows.apply(x), dist.get_rank() * x.shape[0]
+
+
+def gather_ids(x: Tensor) -> Tensor:
+    """Concatenate every rank's ``x`` (no gradient). Shape: ``[n, ...]`` -> ``[world * n, ...]``."""
+    if active_world() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, 0)
+
+
+def all_mean(x: Tensor) -> Tensor:
+    """Mean of ``x`` over the ranks (a copy; the identity in one process). Shape preserved."""
+    if active_world() == 1:
+        return x
+    out = x.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / dist.get_world_size()
+
+
+def gather_objects(obj) -> list:
+    """Every rank's picklable ``obj``, in rank order (``[obj]`` in one process)."""
+    if active_world() == 1:
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if active_world() > 1:
+        dist.barrier()
+
+
+def user_block(users: np.ndarray, ctx: DistContext) -> np.ndarray:
+    """This rank's contiguous block of ``users [n]`` (``np.array_split`` order: sizes differ by at most 1)."""
+    if not ctx.enabled:
+        return users
+    return np.array_split(users, ctx.world)[ctx.rank]
+
+
+def check_divisible(name: str, value: int, ctx: DistContext) -> None:
+    """A clear error when a per-step count cannot be split evenly over the ranks."""
+    if ctx.enabled and value % ctx.world:
+        raise ConfigError(
+            f"{name}={value} must be divisible by the number of processes ({ctx.world}) to split it evenly "
+            f"over the ranks; use a multiple of {ctx.world}"
+        )
+
+
+__all__ = [
+    "DistContext",
+    "SINGLE",
+    "current",
+    "init_from_env",
+    "shutdown",
+    "launched_by_torchrun",
+    "trainer_device",
+    "gather_with_grad",
+    "gather_ids",
+    "all_mean",
+    "gather_objects",
+    "barrier",
+    "user_block",
+    "check_divisible",
+]
