@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from recneg import __version__
 from recneg.errors import ConfigError, RecnegError
@@ -193,6 +194,8 @@ def cmd_train(args) -> int:
                 print(f"run {args.resume} had already finished; its metrics:")
                 print(format_metrics(finished.get("test", {}), "test  "))
             return 0
+        if result is None:  # resume() returns a result whenever the run had not finished
+            raise RecnegError(f"resuming {args.resume} returned no result")
         out = Path(args.resume)
     else:
         cfg = build_run_config(args)
@@ -305,7 +308,7 @@ def cmd_data(args) -> int:
 
 def _experiment_train(args) -> dict:
     """TrainConfig fields shared by the jobs of ``compare`` / ``tune`` (only the flags given)."""
-    train = {"progress": False, "threads": 1}
+    train: dict[str, Any] = {"progress": False, "threads": 1}
     for flag in ("epochs", "batch_size", "lr", "reg", "eval_every", "patience", "metric", "device"):
         value = getattr(args, flag, None)
         if value is not None:

@@ -196,6 +196,12 @@ class StreamingFrequencyEstimator(nn.Module):
         ``update(ids [...])``; ``estimate(ids [...]) -> [...]`` float64 in ``(0, 1]``.
     """
 
+    hash_a: Tensor
+    hash_b: Tensor
+    last_step: Tensor
+    gap: Tensor
+    step: Tensor
+
     def __init__(
         self,
         n_items: int,

@@ -23,7 +23,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -252,7 +252,7 @@ class Trainer:
                 f"training loss became {mean_loss} in epoch {self.epoch + 1}; expected a finite loss: lower "
                 f"the lr ({cfg.lr:g}); the last checkpoint is kept"
             )
-        record = {
+        record: dict[str, Any] = {
             "epoch": self.epoch + 1,
             "loss": mean_loss,
             "train_seconds": seconds,

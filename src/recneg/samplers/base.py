@@ -93,10 +93,15 @@ class Sampler(nn.Module):
         self.train_ = train
         return self
 
-    def positives(self, device) -> PositiveIndex:
+    @property
+    def bound_train(self) -> Interactions:
+        """The bound training interactions; a :class:`ConfigError` if :meth:`bind` was not called."""
         if self.train_ is None:
             raise ConfigError(f"{type(self).__name__} is not bound to training data: call .bind(train) first")
-        return self.train_.positives(device)
+        return self.train_
+
+    def positives(self, device) -> PositiveIndex:
+        return self.bound_train.positives(device)
 
     def forward(self, users: Tensor, pos: Tensor, view: ModelView, generator: torch.Generator | None = None):
         """Draw negatives for the batch ``(users, pos)``, both ``[B]``; returns :class:`Negatives`."""

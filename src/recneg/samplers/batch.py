@@ -262,9 +262,15 @@ class InBatchSampler(Sampler):
             mask = torch.zeros(n_rows, ids.numel(), dtype=torch.bool, device=device)
             mask[:, own].fill_diagonal_(True)
         n_hits = mask.sum() - n_rows  # accidental hits, the diagonal excluded
-        mask = _finish_mask(self, mask, users, ids)
         stats = {"accidental_hits": n_hits.detach().float() / max(n_rows, 1)}  # 0-d tensor: no device sync
-        return BatchNegatives(emb=emb, ids=ids, log_q=log_q, mask=mask, pos_log_q=log_q[own], stats=stats)
+        return BatchNegatives(
+            emb=emb,
+            ids=ids,
+            log_q=log_q,
+            mask=_finish_mask(self, mask, users, ids),
+            pos_log_q=log_q[own],
+            stats=stats,
+        )
 
     def _draw_uniform(self, n_items: int, device, generator) -> Tensor:
         """This rank's share of the step's ``B′`` uniform items: ``[B′ / W]`` ids (all ``B′`` alone)."""
@@ -325,7 +331,7 @@ class UniformCorpusSampler(Sampler):
         return None
 
     def _draw(self, n: int, device, generator) -> Tensor:
-        return torch.randint(self.train_.n_items, (n,), device=device, generator=generator)
+        return torch.randint(self.bound_train.n_items, (n,), device=device, generator=generator)
 
     def forward(self, users: Tensor, pos: Tensor, view: ModelView, generator=None) -> BatchNegatives:
         if self.train_ is None:
@@ -391,4 +397,4 @@ class PopularityCorpusSampler(UniformCorpusSampler):
     def _draw(self, n: int, device, generator) -> Tensor:
         cdf = self._tables(device)[1]
         u = torch.rand(n, device=device, generator=generator, dtype=torch.float64)
-        return torch.searchsorted(cdf, u, right=True).clamp_(max=self.train_.n_items - 1)
+        return torch.searchsorted(cdf, u, right=True).clamp_(max=self.bound_train.n_items - 1)
