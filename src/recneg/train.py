@@ -30,6 +30,7 @@ from recneg.errors import ConfigError, DataError, RecnegError
 from recneg.eval.ranking import EvalResult, evaluate
 from recneg.logging import make_logger
 from recneg.losses import l2_regularization
+from recneg.optim import make_optimizer, use_sparse_gradients
 from recneg.resources import check_fits
 from recneg.samplers.base import Sampler
 from recneg.utils import (
@@ -87,20 +88,6 @@ class RunResult:
         }
 
 
-def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """Adam or Adagrad, fused (one kernel over all parameters) where torch supports it.
-
-    Fused Adam is the same algorithm; on a 2-core CPU it cut the optimiser step on Gowalla-sized MF tables
-    from ~45 ms to ~8 ms (see benchmarks/).
-    """
-    cls = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}[name]
-    params = list(params)
-    try:
-        return cls(params, lr=lr, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, TypeError, ValueError):  # device or dtype without a fused kernel
-        return cls(params, lr=lr, weight_decay=weight_decay)
-
-
 def _stat_value(v):
     """A batch diagnostic as a float or a detached 0-d tensor (summed on device: no sync per batch)."""
     return v.detach().float().mean() if torch.is_tensor(v) else float(v)
@@ -155,6 +142,7 @@ class Trainer:
         params = [
             p for p in list(self.model.parameters()) + list(self.sampler.parameters()) if p.requires_grad
         ]
+        use_sparse_gradients(self.model, cfg.optimizer)
         self.optimizer = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay)
         self.train_users = torch.as_tensor(split.train.users, device=self.device)
         self.train_items = torch.as_tensor(split.train.items, device=self.device)
