@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -181,3 +183,14 @@ def test_chunked_candidate_scores_equal_one_gather(monkeypatch):
     expected = (users.unsqueeze(1) * table[ids]).sum(-1)
     monkeypatch.setattr(model_base, "SCORE_CHUNK_BYTES", 3 * 4 * 5 * 4)  # 3 rows per chunk
     torch.testing.assert_close(model_base.score_rows(table, users, ids), expected)
+
+
+def test_cli_optimizer_flag_reaches_the_run_and_names_bad_combinations(tmp_path, capsys):
+    from recneg.cli import main
+
+    flags = ["--dataset", "synthetic", "--epochs", "1", "--threads", "1", "--no-progress"]
+    assert main(["train", *flags, "--optimizer", "sparse_adam", "--out", str(tmp_path / "run")]) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["train"]["optimizer"] == "sparse_adam"
+    assert main(["train", *flags, "--optimizer", "sparse_adam", "--model", "lightgcn"]) != 0
+    assert "optimizer sparse_adam needs a model" in capsys.readouterr().err
