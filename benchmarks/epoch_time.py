@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import subprocess
 import sys
 import time
 
@@ -80,6 +81,10 @@ class Runner:
         self.opt.step()
 
 
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="gowalla")
@@ -95,6 +100,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     TrainConfig(threads=args.threads)  # validates
+    load_start = _uptime()
     split = load_dataset(args.dataset, data_dir=args.data_dir, valid_ratio=0.0, download=False)
     names = args.configs.split(",")
     runners = {n: Runner(split, CONFIGS[n], args.batch_size, optimizer=args.optimizer) for n in names}
@@ -121,7 +127,7 @@ def main(argv=None) -> None:
                 f"ratio to {names[0]}": med / base,
             }
         )
-    stamp = machine_stamp(args.threads)
+    stamp = {**machine_stamp(args.threads), "uptime_at_start": load_start, "uptime_at_end": _uptime()}
     cmd = "python -m benchmarks.epoch_time " + " ".join(argv if argv is not None else sys.argv[1:])
     md = (
         f"# Training-step time on {args.dataset}\n\nCommand: `{cmd}`\n\n"
