@@ -4,7 +4,7 @@ Run (from the repository root, ../shared/data present, nothing else running):
 
     python -m benchmarks.epoch_time --dataset gowalla --threads 2
 
-For each configuration, ``--steps`` training steps (batch 2048, Adam, R1) are timed in ``--rounds``
+For each configuration, ``--steps`` training steps (batch 2048, ``--optimizer``, R1) are timed in ``--rounds``
 rounds that interleave the configurations, so machine noise hits all of them alike; the median step time
 is reported with the extrapolated epoch time (steps per epoch = ceil(|train| / batch)) and the
 ratio to uniform.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import subprocess
 import sys
 import time
 
@@ -41,8 +42,8 @@ CONFIGS = {
 
 
 class Runner:
-    def __init__(self, split, spec, batch_size: int, seed: int = 0):
-        from recneg.train import make_optimizer
+    def __init__(self, split, spec, batch_size: int, seed: int = 0, optimizer: str = "adam"):
+        from recneg.optim import make_optimizer, use_sparse_gradients
 
         model_name, sampler_name, sampler_args, loss_name, loss_args = spec
         torch.manual_seed(seed)
@@ -52,7 +53,11 @@ class Runner:
         self.sampler = recneg.build_sampler(sampler_name, **sampler_args).bind(split.train)
         self.loss = recneg.build_loss(loss_name, **loss_args)
         params = list(self.model.parameters()) + list(self.sampler.parameters())
-        self.opt = make_optimizer("adam", params, 1e-3)
+        if optimizer == "sparse_adam" and not self.model.supports_sparse_gradients:
+            optimizer = "adam"  # LightGCN: the propagation makes every gradient dense
+        use_sparse_gradients(self.model, optimizer)
+        self.optimizer = optimizer
+        self.opt = make_optimizer(optimizer, params, 1e-3)
         self.users = torch.as_tensor(split.train.users)
         self.items = torch.as_tensor(split.train.items)
         self.gen = torch.Generator().manual_seed(seed)
@@ -76,6 +81,10 @@ class Runner:
         self.opt.step()
 
 
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="gowalla")
@@ -85,12 +94,16 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=2048)
     ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument(
+        "--optimizer", default="adam", help="adam | sparse_adam (models that cannot use it keep adam)"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     TrainConfig(threads=args.threads)  # validates
+    load_start = _uptime()
     split = load_dataset(args.dataset, data_dir=args.data_dir, valid_ratio=0.0, download=False)
     names = args.configs.split(",")
-    runners = {n: Runner(split, CONFIGS[n], args.batch_size) for n in names}
+    runners = {n: Runner(split, CONFIGS[n], args.batch_size, optimizer=args.optimizer) for n in names}
     for r in runners.values():  # warm-up: first-use allocations, bitmap build
         r.step()
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -108,21 +121,22 @@ def main(argv=None) -> None:
         rows.append(
             {
                 "config": n,
+                "optimizer": runners[n].optimizer,
                 "ms/step (median)": 1000 * med,
                 "epoch s (extrapolated)": med * steps_per_epoch,
                 f"ratio to {names[0]}": med / base,
             }
         )
-    stamp = machine_stamp(args.threads)
+    stamp = {**machine_stamp(args.threads), "uptime_at_start": load_start, "uptime_at_end": _uptime()}
     cmd = "python -m benchmarks.epoch_time " + " ".join(argv if argv is not None else sys.argv[1:])
     md = (
         f"# Training-step time on {args.dataset}\n\nCommand: `{cmd}`\n\n"
         f"{repr(split)}; batch {args.batch_size}, "
-        f"dim 64, Adam (fused), R1; {args.rounds} interleaved rounds of {args.steps} steps; peak RSS "
+        f"dim 64, R1; {args.rounds} interleaved rounds of {args.steps} steps; peak RSS "
         f"{peak_rss_mb():.0f} MB.\n\nMachine: {stamp}\n\n" + md_table(rows, list(rows[0]))
     )
     write_results(
-        f"epoch_time_{args.dataset}",
+        f"epoch_time_{args.dataset}" + ("" if args.optimizer == "adam" else f"_{args.optimizer}"),
         {"machine": stamp, "command": cmd, "rows": rows, "raw_seconds_per_step": times},
         md,
     )

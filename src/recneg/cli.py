@@ -90,7 +90,7 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=float)
-    g.add_argument("--optimizer", help="adam | adagrad")
+    g.add_argument("--optimizer", help="adam | adagrad | sparse_adam (mf: updates only the batch's rows)")
     g.add_argument("--reg", type=float, help="λ of the R1 regulariser")
     g.add_argument("--weight-decay", type=float, help="optimiser weight decay (R3)")
     g.add_argument("--seed", type=int, help="training seed")

@@ -34,6 +34,7 @@ from typing import Any
 
 from recneg._validation import require_bool, require_choice, require_float, require_int
 from recneg.errors import ConfigError
+from recneg.optim import OPTIMIZERS, SPARSE_OPTIMIZERS
 from recneg.registry import config_from_mapping, suggest
 
 if sys.version_info >= (3, 11):
@@ -49,7 +50,10 @@ class TrainConfig:
     epochs: int = field(default=50, metadata={"help": "maximum number of epochs"})
     batch_size: int = field(default=2048, metadata={"help": "training pairs (u, i) per step"})
     lr: float = field(default=1e-3, metadata={"help": "learning rate"})
-    optimizer: str = field(default="adam", metadata={"help": "adam | adagrad"})
+    optimizer: str = field(
+        default="adam",
+        metadata={"help": "adam | adagrad | sparse_adam (lazy Adam of the batch's rows; mf only, see docs)"},
+    )
     reg: float = field(default=1e-4, metadata={"help": "λ of the R1 regulariser (½‖·‖² of batch rows / B)"})
     weight_decay: float = field(default=0.0, metadata={"help": "optimiser weight decay (R3), 0 = off"})
     eval_every: int = field(default=5, metadata={"help": "evaluate every E epochs (and after the last)"})
@@ -81,9 +85,14 @@ class TrainConfig:
         require_int("epochs", self, low=1)
         require_int("batch_size", self, low=1)
         require_float("lr", self, low=0.0, low_open=True)
-        require_choice("optimizer", self, {"adam", "adagrad"})
+        require_choice("optimizer", self, set(OPTIMIZERS))
         require_float("reg", self, low=0.0)
         require_float("weight_decay", self, low=0.0)
+        if self.optimizer in SPARSE_OPTIMIZERS and self.weight_decay:
+            raise ConfigError(
+                f"weight_decay of TrainConfig must be 0 with optimizer {self.optimizer} (it would decay only "
+                f"the batch's rows), got {self.weight_decay:g}; use reg (R1) instead"
+            )
         require_int("eval_every", self, low=1)
         require_int("patience", self, low=0)
         require_int("seed", self, low=0)

@@ -48,7 +48,8 @@ def pair_scores(user_emb: Tensor, pos_emb: Tensor, neg: Negatives) -> tuple[Tens
     elif neg.shared:
         negs = user_emb @ neg.emb.T
     else:
-        negs = torch.einsum("bd,bnd->bn", user_emb, neg.emb)
+        # multiply-and-sum, not einsum: einsum lowers to a bmm of B tiny products (CPU: ~6x slower at n = 1)
+        negs = (user_emb.unsqueeze(-2) * neg.emb).sum(-1)
     return pos, negs
 
 

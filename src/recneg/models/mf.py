@@ -26,7 +26,6 @@ class MFConfig:
 
 @MODELS.register("mf", config=MFConfig, help="Matrix factorisation, r_ui = <e_u, e_i> (L = 0)")
 class MF(Recommender):
-    provides_layers = True
     """Matrix factorisation.
 
     Args:
@@ -36,7 +35,11 @@ class MF(Recommender):
     Attributes:
         user_embedding: ``nn.Embedding [n_users, d]`` (``E_u``).
         item_embedding: ``nn.Embedding [n_items, d]`` (``E_i``).
+        sparse_gradients: gather rows with row-sparse gradients (set by the trainer for ``sparse_adam``).
     """
+
+    provides_layers = True
+    supports_sparse_gradients = True
 
     def __init__(self, n_users: int, n_items: int, config: MFConfig | None = None):
         super().__init__()
@@ -60,7 +63,18 @@ class MF(Recommender):
     def view(self, users: Tensor, pos: Tensor) -> TableView:
         u, i = self.user_embedding.weight, self.item_embedding.weight
         # MF exposes its single layer (L + 1 = 1) so per-layer samplers (ANS, MixGCF) run with MF semantics.
-        return TableView(users, pos, u, i, u, i, u.unsqueeze(1), i.unsqueeze(1), model_name="mf")
+        return TableView(
+            users,
+            pos,
+            u,
+            i,
+            u,
+            i,
+            u.unsqueeze(1),
+            i.unsqueeze(1),
+            model_name="mf",
+            sparse=self.sparse_gradients,
+        )
 
     @torch.no_grad()
     def tables(self) -> tuple[Tensor, Tensor]:
