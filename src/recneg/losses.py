@@ -96,7 +96,7 @@ def l2_regularization(view: ModelView, neg: Negatives, reg: float) -> Tensor:
     if reg == 0:
         return view.user_emb.new_zeros(())
     users0, pos0 = view.user_ego, view.pos_ego
-    total = users0.pow(2).sum() + pos0.pow(2).sum()
+    total = (users0 * users0).sum() + (pos0 * pos0).sum()  # x·x: half the cost of pow(2) forward+backward
     if not neg.shared:
         neg0 = (
             neg.reg_emb
@@ -104,7 +104,7 @@ def l2_regularization(view: ModelView, neg: Negatives, reg: float) -> Tensor:
             else (view.item_ego(neg.ids) if neg.ids is not None else None)
         )
         if neg0 is not None:
-            sq = neg0.pow(2).sum(-1)  # [B, n]
+            sq = (neg0 * neg0).sum(-1)  # [B, n]
             total = total + (sq * _weights(neg, sq)).sum()
     return reg * 0.5 * total / users0.shape[0]
 
