@@ -1,11 +1,11 @@
 """torchrun entry point of tests/test_distributed.py (not collected by pytest).
 
-    torchrun --nproc-per-node 2 tests/dist_worker.py train OUT.pt
-        trains every case of dist_cases.CASES on 2 ranks, plus ANS (a sampler with parameters) and MNS, and
-        rank 0 saves final weights, sampler buffers, history, the sharded test evaluation, every rank's ANS
-        parameters and MNS's first batch to OUT.pt
-    torchrun --nproc-per-node 2 tests/dist_worker.py kill RANK EPOCH -- <recneg train flags>
-        runs ``recneg train`` and makes rank RANK exit abruptly (os._exit) in the given 0-based epoch
+torchrun --nproc-per-node 2 tests/dist_worker.py train OUT.pt
+    trains every case of dist_cases.CASES on 2 ranks, plus ANS (a sampler with parameters) and MNS, and
+    rank 0 saves final weights, sampler buffers, history, the sharded test evaluation, every rank's ANS
+    parameters and MNS's first batch to OUT.pt
+torchrun --nproc-per-node 2 tests/dist_worker.py kill RANK EPOCH -- <recneg train flags>
+    runs ``recneg train`` and makes rank RANK exit abruptly (os._exit) in the given 0-based epoch
 """
 
 from __future__ import annotations

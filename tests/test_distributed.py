@@ -45,9 +45,7 @@ def torchrun(*args: str, timeout: float = JOB_TIMEOUT_S, nproc: int = 2) -> subp
         "OMP_NUM_THREADS": "1",
     }
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    return subprocess.run(
-        [*cmd, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO
-    )
+    return subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
 def _tail(proc: subprocess.CompletedProcess) -> str:

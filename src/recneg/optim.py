@@ -75,10 +75,10 @@ class LazyAdam(torch.optim.Optimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
-                    self._update(p, group)
+                    self._update(p, p.grad, group)
         return loss
 
-    def _update(self, p: Tensor, group: dict) -> None:
+    def _update(self, p: Tensor, grad: Tensor, group: dict) -> None:
         state = self.state[p]
         if not state:
             state["step"] = 0
@@ -90,7 +90,6 @@ class LazyAdam(torch.optim.Optimizer):
         step_size = group["lr"] / (1.0 - beta1**t)
         sqrt_bc2 = math.sqrt(1.0 - beta2**t)
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        grad = p.grad
         if not grad.is_sparse:
             m.mul_(beta1).add_(grad, alpha=1.0 - beta1)
             v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)

@@ -125,6 +125,10 @@ class LightGCN(Recommender):
         users_table, items_table = model.tables()   # pooled, no gradient
     """
 
+    adj_crow: Tensor
+    adj_col: Tensor
+    adj_values: Tensor
+
     provides_layers = True
 
     def __init__(self, interactions: sp.spmatrix, config: LightGCNConfig | None = None):

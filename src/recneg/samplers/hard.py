@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from recneg._validation import require_bool, require_choice, require_float, require_int
 from recneg.errors import ConfigError, DataError
@@ -100,9 +100,12 @@ def _reset_mirrors(module, incompatible_keys) -> None:
     module._epoch_py = None
 
 
-class _EpochState:
+class _EpochState(nn.Module):
     """Python mirrors of the scalar buffers ``initialized_`` and ``epoch_``, so ``forward`` reads them
     without a device sync; the mirrors are dropped after ``load_state_dict`` and re-read once."""
+
+    initialized_: Tensor
+    epoch_: Tensor
 
     def _init_mirrors(self) -> None:
         self._ready_py: bool | None = None
@@ -418,6 +421,11 @@ class SRNSSampler(_EpochState, Sampler):
         NeurIPS 2020.
     """
 
+    memory_: Tensor
+    hist_: Tensor
+    pos_hist_: Tensor
+    n_records_: Tensor
+
     def __init__(self, config: SRNSConfig | None = None):
         super().__init__(config or SRNSConfig())
         h = self.config.history
@@ -689,6 +697,8 @@ class AdaSIRSampler(_EpochState, _ProposalSampler):
         Chen et al., Learning Recommenders for Implicit Feedback with Importance Resampling, WWW 2022.
     """
 
+    pool_: Tensor
+
     def __init__(self, config: AdaSIRConfig | None = None):
         super().__init__(config or AdaSIRConfig())
         p = self.config.pool_size
@@ -807,6 +817,8 @@ class GDNSSampler(_EpochState, Sampler):
     References:
         Zhu et al., Gain-Tuning Dynamic Negative Sampling for Recommendation, WWW 2022 (abstract only).
     """
+
+    memory_: Tensor
 
     def __init__(self, config: GDNSConfig | None = None):
         super().__init__(config or GDNSConfig())
