@@ -42,15 +42,17 @@ CONFIGS = {
 
 
 class Runner:
-    def __init__(self, split, spec, batch_size: int, seed: int = 0, optimizer: str = "adam"):
+    def __init__(self, split, spec, batch_size: int, seed: int = 0, optimizer: str = "adam", device="cpu"):
         from recneg.optim import make_optimizer, use_sparse_gradients
 
         model_name, sampler_name, sampler_args, loss_name, loss_args = spec
         torch.manual_seed(seed)
-        self.model = recneg.build_model(model_name, split.train, dim=64)
+        self.device = torch.device(device)
+        self.model = recneg.build_model(model_name, split.train, dim=64).to(self.device)
+        self.candidates = int(sampler_args.get("n_candidates", 1))  # items drawn per pair
         if sampler_name in ("ans", "dens"):
             sampler_args = {**sampler_args, "dim": 64}
-        self.sampler = recneg.build_sampler(sampler_name, **sampler_args).bind(split.train)
+        self.sampler = recneg.build_sampler(sampler_name, **sampler_args).bind(split.train).to(self.device)
         self.loss = recneg.build_loss(loss_name, **loss_args)
         params = list(self.model.parameters()) + list(self.sampler.parameters())
         if optimizer == "sparse_adam" and not self.model.supports_sparse_gradients:
@@ -58,10 +60,11 @@ class Runner:
         use_sparse_gradients(self.model, optimizer)
         self.optimizer = optimizer
         self.opt = make_optimizer(optimizer, params, 1e-3)
-        self.users = torch.as_tensor(split.train.users)
-        self.items = torch.as_tensor(split.train.items)
-        self.gen = torch.Generator().manual_seed(seed)
-        self.perm = torch.randperm(len(self.users), generator=torch.Generator().manual_seed(seed))
+        self.users = torch.as_tensor(split.train.users, device=self.device)
+        self.items = torch.as_tensor(split.train.items, device=self.device)
+        self.gen = torch.Generator(device=self.device).manual_seed(seed)
+        perm = torch.randperm(len(self.users), generator=torch.Generator().manual_seed(seed))
+        self.perm = perm.to(self.device)
         self.batch_size = batch_size
         self.cursor = 0
 
@@ -94,6 +97,7 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=2048)
     ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     ap.add_argument(
         "--optimizer", default="adam", help="adam | sparse_adam (models that cannot use it keep adam)"
     )
@@ -103,15 +107,27 @@ def main(argv=None) -> None:
     load_start = _uptime()
     split = load_dataset(args.dataset, data_dir=args.data_dir, valid_ratio=0.0, download=False)
     names = args.configs.split(",")
-    runners = {n: Runner(split, CONFIGS[n], args.batch_size, optimizer=args.optimizer) for n in names}
+    from recneg.utils import resolve_device
+
+    device = resolve_device(args.device)
+    runners = {
+        n: Runner(split, CONFIGS[n], args.batch_size, optimizer=args.optimizer, device=device) for n in names
+    }
     for r in runners.values():  # warm-up: first-use allocations, bitmap build
         r.step()
     times: dict[str, list[float]] = {n: [] for n in names}
+    cuda_peak: dict[str, float] = {}
     for _ in range(args.rounds):
         for n in names:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
             t0 = time.perf_counter()
             for _ in range(args.steps):
                 runners[n].step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                cuda_peak[n] = max(cuda_peak.get(n, 0.0), torch.cuda.max_memory_allocated(device) / 2**20)
             times[n].append((time.perf_counter() - t0) / args.steps)
     steps_per_epoch = math.ceil(len(split.train) / args.batch_size)
     base = statistics.median(times[names[0]])
@@ -125,6 +141,9 @@ def main(argv=None) -> None:
                 "ms/step (median)": 1000 * med,
                 "epoch s (extrapolated)": med * steps_per_epoch,
                 f"ratio to {names[0]}": med / base,
+                "pairs/s": args.batch_size / med,
+                "negatives drawn/s": args.batch_size * runners[n].candidates / med,
+                **({"cuda max allocated MB": cuda_peak[n]} if n in cuda_peak else {}),
             }
         )
     stamp = {**machine_stamp(args.threads), "uptime_at_start": load_start, "uptime_at_end": _uptime()}
