@@ -82,8 +82,7 @@ def main(argv=None) -> dict:
     md = (
         f"# Full-ranking evaluation time on {args.dataset}\n\nCommand: `{cmd}`\n\n{split!r}; MF d = 64, "
         f"top-{max(topk)}, chunk {args.chunk} users, {args.rounds} alternating rounds."
-        f"\n\nMachine: {stamp}\n\n"
-        + md_table([row], list(row))
+        f"\n\nMachine: {stamp}\n\n" + md_table([row], list(row))
     )
     write_results(
         f"eval_time_{args.dataset}",
