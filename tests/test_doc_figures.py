@@ -4,7 +4,6 @@ reports state them, and ``docs/results/`` holds exactly the figures it draws, ea
 from __future__ import annotations
 
 import importlib.util
-import re
 from pathlib import Path
 
 import pytest
@@ -49,10 +48,28 @@ def test_pdns_figure_shows_the_claims_verdicts():
     assert drops["dns"][64][0] > drops["dns"][8][0]
 
 
+def _table_column(markdown: str, key: str, column: str) -> list[tuple[str, str]]:
+    """``(row[key], row[column])`` of the first Markdown table whose header has both columns."""
+    lines = [line.strip() for line in markdown.splitlines()]
+    for i, line in enumerate(lines):
+        cells = [c.strip() for c in line.strip("|").split("|")] if line.startswith("|") else []
+        if key in cells and column in cells:
+            k, c = cells.index(key), cells.index(column)
+            rows = []
+            for body in lines[i + 2 :]:
+                if not body.startswith("|"):
+                    break
+                values = [v.strip() for v in body.strip("|").split("|")]
+                rows.append((values[k], values[c]))
+            return rows
+    return []
+
+
 def test_step_costs_and_two_tower_recalls_match_their_reports():
     fig = _script()
     epoch_md = (fig.RESULTS / "epoch_time_gowalla.md").read_text(encoding="utf-8")
-    md_rows = re.findall(r"^\| ([a-z][^|]*?) \| ([\d.]+) \|", epoch_md, flags=re.M)
+    md_rows = _table_column(epoch_md, "config", "ms/step (median)")
+    assert md_rows, "no step-time rows found in epoch_time_gowalla.md"
     costs = fig.step_costs(fig._load(fig.EPOCH_TIME))
     assert [name for name, _ in costs] == [name for name, _ in md_rows]
     for (_, ms), (_, shown) in zip(costs, md_rows, strict=True):
