@@ -157,7 +157,9 @@ def main(argv=None) -> int:
     from recneg.data.datasets import load_dataset
 
     data_path = Path(args.data_dir).resolve() / args.dataset
-    split = load_dataset(args.dataset, data_dir=args.data_dir)
+    split = load_dataset(
+        args.dataset, data_dir=args.data_dir, valid_ratio=0.0
+    )  # the peers train on all of train.txt
     fast = {**FAST, **_parse_kv(args.fast)}
     load_before = os.getloadavg()
     res: dict = {

@@ -24,6 +24,7 @@ STEP2 = RESULTS / "samplers_step2_ml-100k.json"
 PDNS = RESULTS / "reproduce" / "pdns-overfitting-ml-100k" / "results.json"
 EPOCH_TIME = RESULTS / "epoch_time_gowalla.json"
 TWO_TOWER = RESULTS / "two_tower.json"
+PEERS = RESULTS / "peers_gowalla.json"
 
 # the MF candidate selectors of the step-2 grid, in the order of the legend
 SELECTOR_CONFIGS = ("uniform", "dns-8", "dns-16", "dns-32", "dns-64", "dns_mn-4of32", "softmax_v-rho1-32")
@@ -141,7 +142,8 @@ def draw_step_costs(out: Path) -> Path:
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlabel("ms per training step (median, log scale)")
-    ax.set_title("Step cost on Gowalla: batch 2048, dim 64, 1 CPU thread", fontsize=10)
+    threads = _load(EPOCH_TIME)["machine"]["torch_threads"]
+    ax.set_title(f"Step cost on Gowalla: batch 2048, dim 64, {threads} CPU thread(s)", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, plt, out / "step_cost_gowalla.png")
 
@@ -163,7 +165,33 @@ def draw_two_tower(out: Path) -> Path:
     return _save(fig, plt, out / "two_tower_buckets_ml-100k.png")
 
 
-FIGURES = (draw_selector_curves, draw_pdns_drops, draw_step_costs, draw_two_tower)
+def peer_curves(peers: dict[str, Any]) -> dict[str, tuple[list[float], list[float]]]:
+    """``{library: (training seconds, Recall@20)}`` at each evaluated epoch of ``benchmarks.peers``."""
+    fast = [r for r in peers["recneg_fast"]["epochs"] if "recall@20" in r]
+    return {
+        "implicit 0.7.3 BPR": (
+            [r["cum"] for r in peers["implicit"]["curve"]],
+            [r["recall@20"] for r in peers["implicit"]["curve"]],
+        ),
+        "recneg (Adam, batch 16384)": ([r["cum"] for r in fast], [r["recall@20"] for r in fast]),
+    }
+
+
+def draw_peer_curves(out: Path) -> Path:
+    plt = _pyplot()
+    peers = _load(PEERS)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for label, (seconds, recall) in peer_curves(peers).items():
+        ax.plot(seconds, recall, marker="o", ms=3, label=label)
+    ax.set_xlabel("training seconds (evaluation excluded)")
+    ax.set_ylabel("test Recall@20")
+    ax.set_title(f"Time to Recall@20 on Gowalla, {peers['threads']} CPU threads each", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, plt, out / "time_to_recall_gowalla.png")
+
+
+FIGURES = (draw_selector_curves, draw_pdns_drops, draw_step_costs, draw_two_tower, draw_peer_curves)
 
 
 def main(argv: list[str] | None = None) -> list[Path]:

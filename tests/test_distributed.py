@@ -196,6 +196,14 @@ def test_batch_size_must_split_evenly_over_the_ranks(split):
         Trainer(model, sampler, split, loss, bad, dist=DistContext(rank=0, world=2, backend="gloo"))
 
 
+def test_sparse_optimizer_is_refused_under_several_processes(split):
+    model, sampler, loss = dist_cases.components("mf-fixed-bpr", split)
+    cfg = dist_cases.CONFIG
+    sparse = type(cfg)(**{**cfg.__dict__, "optimizer": "sparse_adam"})
+    with pytest.raises(ConfigError, match="optimizer sparse_adam runs in one process only"):
+        Trainer(model, sampler, split, loss, sparse, dist=DistContext(rank=0, world=2, backend="gloo"))
+
+
 def test_checkpoint_of_another_world_size_is_refused(split, tmp_path):
     model, sampler, loss = dist_cases.components("mf-fixed-bpr", split)
     trainer = Trainer(model, sampler, split, loss, dist_cases.CONFIG, tmp_path)

@@ -44,7 +44,7 @@ from recneg.errors import ConfigError, DataError, RecnegError
 from recneg.eval.ranking import EvalResult, evaluate
 from recneg.logging import make_logger
 from recneg.models.base import Recommender
-from recneg.optim import make_optimizer, use_sparse_gradients
+from recneg.optim import SPARSE_OPTIMIZERS, make_optimizer, use_sparse_gradients
 from recneg.resources import check_fits
 from recneg.samplers.base import Sampler
 from recneg.train_step import TrainStep, data_parallel
@@ -141,6 +141,11 @@ class Trainer:
         self.config = config or TrainConfig()
         self.dist = dist or current()
         check_divisible("batch_size", self.config.batch_size, self.dist)
+        if self.dist.enabled and self.config.optimizer in SPARSE_OPTIMIZERS:
+            raise ConfigError(
+                f"optimizer {self.config.optimizer} runs in one process only (DDP all-reduces dense "
+                f"gradients); under torchrun use optimizer adam or adagrad"
+            )
         check_split(split, cold_users=False)  # one id space; every user has a negative item
         set_threads(self.config.threads)
         set_deterministic(self.config.deterministic)
