@@ -87,7 +87,21 @@ def test_docs_results_holds_exactly_the_drawn_figures(tmp_path):
     for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
     names = sorted(p.name for p in written)
-    assert names == sorted(p.name for p in (ROOT / "docs" / "results").iterdir())
+    assert names == sorted(p.name for p in (ROOT / "docs" / "results").glob("*.png"))
     pages = "".join(p.read_text(encoding="utf-8") for p in (ROOT / "docs").glob("*.md"))
     for name in names:
         assert f"](results/{name})" in pages, f"no docs page shows results/{name}"
+
+
+def test_reproduction_page_is_current():
+    """docs/reproduce-results.md and its figures match the committed full reproductions."""
+    spec = importlib.util.spec_from_file_location(
+        "collect_reproductions", ROOT / "scripts" / "collect_reproductions.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = module.main(["--check"])
+    for folder, data in module.full_runs():
+        assert f"## {folder.name}" in text
+        assert data["command"].split(" --out ")[0] in text  # the exact command is on the page
