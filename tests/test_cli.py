@@ -63,6 +63,10 @@ def test_train_default_end_to_end_beats_popularity(tmp_path, capsys):
         (["train", "--sampler-arg", "n_negative=2"], "did you mean 'n_negatives'?"),
         (["train", "--sampler-arg", "oops"], "--sampler-arg expects key=value"),
         (["train", "--epochs", "0"], "epochs of"),
+        (
+            ["train", "--regularizer", "l2"],
+            "regularizer of TrainConfig must be one of ['r1', 'r2', 'r2_pow'], got 'l2'",
+        ),
         (["train", "--topk", "10,x"], "topk"),
         (["train", "--dataset", "no-such-dataset"], "no-such-dataset"),
         (["train", "--resume", "nowhere"], "not a run folder"),

@@ -22,6 +22,7 @@ TRAIN_FLAGS = {
     "batch_size": "batch_size",
     "lr": "lr",
     "reg": "reg",
+    "regularizer": "regularizer",
     "seed": "seed",
     "device": "device",
     "threads": "threads",
@@ -91,7 +92,13 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=float)
     g.add_argument("--optimizer", help="adam | adagrad | sparse_adam (mf: updates only the batch's rows)")
-    g.add_argument("--reg", type=float, help="λ of the R1 regulariser")
+    g.add_argument("--reg", type=float, help="λ of the regulariser (see --regularizer)")
+    g.add_argument(
+        "--regularizer",
+        help="r1 (default): λ·½Σ‖row‖²/B of the batch's layer-0 rows | r2: RecBole EmbLoss "
+        "λ·(‖U‖+‖P‖+‖N‖)/B, plain Frobenius norms, N = every pool candidate (faithful ANS) | r2_pow: "
+        "λ·Σ‖·‖²/(2B)",
+    )
     g.add_argument("--weight-decay", type=float, help="optimiser weight decay (R3)")
     g.add_argument("--seed", type=int, help="training seed")
     g.add_argument("--device", help="auto | cpu | cuda | cuda:N")

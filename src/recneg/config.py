@@ -34,6 +34,7 @@ from typing import Any
 
 from recneg._validation import require_bool, require_choice, require_float, require_int
 from recneg.errors import ConfigError
+from recneg.losses import REGULARIZERS
 from recneg.optim import OPTIMIZERS, SPARSE_OPTIMIZERS
 from recneg.registry import config_from_mapping, suggest
 
@@ -45,7 +46,16 @@ else:  # pragma: no cover
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Settings of the trainer (every field has a default; validated on construction)."""
+    """Settings of the trainer (every field has a default; validated on construction).
+
+    Regularisation (ALGORITHMS.md §1.3): ``reg`` is the weight λ and ``regularizer`` the convention.
+    ``"r1"`` (default, LightGCN/MixGCF/DENS) is ``λ · ½ Σ ‖row‖² / B`` over the batch's layer-0 rows, a pool
+    of weighted candidates counting as one negative (:func:`~recneg.losses.l2_regularization`). ``"r2"`` is
+    RecBole's ``EmbLoss``, ``λ · (‖U⁰‖_F + ‖P⁰‖_F + ‖N⁰‖_F) / B`` with plain Frobenius norms and ``N⁰`` every
+    candidate the sampler scored (``Negatives.pool_ids``), and ``"r2_pow"`` its squared form
+    ``λ · Σ ‖·‖_F² / (2B)`` (:func:`~recneg.losses.r2_regularization`). A faithful ANS reproduction uses
+    ``regularizer="r2", reg=1e-5`` (the ANS code's ``reg_weight``). ``weight_decay`` is R3.
+    """
 
     epochs: int = field(default=50, metadata={"help": "maximum number of epochs"})
     batch_size: int = field(default=2048, metadata={"help": "training pairs (u, i) per step"})
@@ -54,7 +64,14 @@ class TrainConfig:
         default="adam",
         metadata={"help": "adam | adagrad | sparse_adam (lazy Adam of the batch's rows; mf only, see docs)"},
     )
-    reg: float = field(default=1e-4, metadata={"help": "λ of the R1 regulariser (½‖·‖² of batch rows / B)"})
+    reg: float = field(default=1e-4, metadata={"help": "λ of the regulariser chosen by regularizer"})
+    regularizer: str = field(
+        default="r1",
+        metadata={
+            "help": "r1: λ·½Σ‖row‖²/B of the batch's layer-0 rows (LightGCN) | r2: λ·(‖U‖_F + ‖P‖_F + "
+            "‖N‖_F)/B over the whole candidate pool (RecBole EmbLoss, faithful ANS) | r2_pow: λ·Σ‖·‖_F²/(2B)"
+        },
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "optimiser weight decay (R3), 0 = off"})
     eval_every: int = field(default=5, metadata={"help": "evaluate every E epochs (and after the last)"})
     patience: int = field(
@@ -87,6 +104,7 @@ class TrainConfig:
         require_float("lr", self, low=0.0, low_open=True)
         require_choice("optimizer", self, set(OPTIMIZERS))
         require_float("reg", self, low=0.0)
+        require_choice("regularizer", self, REGULARIZERS)
         require_float("weight_decay", self, low=0.0)
         if self.optimizer in SPARSE_OPTIMIZERS and self.weight_decay:
             raise ConfigError(

@@ -8,7 +8,9 @@ Every loss is an ``nn.Module`` with a functional twin and a ``reduction`` (``"me
 - (L4) ``softbpr``: ``softplus(−β (r_ui − r_uj))`` (PDNS's equivalent form);
 - (L2) ``kpair``: ``log(1 + Σ_k exp(r_uj_k − r_ui))`` (MixGCF/DENS code);
 - (R1) :func:`l2_regularization`: ``λ · ½ (‖e_u⁰‖² + ‖e_i⁰‖² + Σ_j w_bj ‖e_j⁰‖²) / B`` on the batch's
-  layer-0 rows.
+  layer-0 rows;
+- (R2) :func:`r2_regularization`: RecBole's ``EmbLoss``, ``λ · (‖U⁰‖_F + ‖P⁰‖_F + ‖N⁰‖_F) / B`` with ``N⁰``
+  the whole candidate pool (``squared=True``: ``λ · Σ ‖·‖_F² / (2B)``).
 
 ``softplus`` is used instead of ``−log σ`` so the loss never saturates (RecBole's ``−log(1e-10 + σ)`` does).
 """
@@ -107,6 +109,58 @@ def l2_regularization(view: ModelView, neg: Negatives, reg: float) -> Tensor:
             sq = (neg0 * neg0).sum(-1)  # [B, n]
             total = total + (sq * _weights(neg, sq)).sum()
     return reg * 0.5 * total / users0.shape[0]
+
+
+def _r2_negative_rows(view: ModelView, neg: Negatives) -> Tensor | None:
+    """Layer-0 rows of the negatives' side for R2: the whole pool, else the negatives' own rows."""
+    if neg.shared:
+        return None
+    if neg.pool_ids is not None:
+        return view.item_ego(neg.pool_ids)
+    if neg.reg_emb is not None:
+        return neg.reg_emb
+    return view.item_ego(neg.ids) if neg.ids is not None else None
+
+
+def r2_regularization(view: ModelView, neg: Negatives, reg: float, squared: bool = False) -> Tensor:
+    """R2, RecBole's ``EmbLoss`` (ALGORITHMS.md §1.3), on the batch's layer-0 rows.
+
+    ``squared=False`` (RecBole's ``require_pow=False``, its default):
+    ``λ · (‖U⁰‖_F + ‖P⁰‖_F + ‖N⁰‖_F) / B``, plain (not squared) Frobenius norms of whole tensors;
+    ``squared=True`` (``require_pow=True``): ``λ · (‖U⁰‖_F² + ‖P⁰‖_F² + ‖N⁰‖_F²) / (2B)``.
+
+    ``U⁰ = E_u⁰[batch]`` ``[B, d]`` and ``P⁰ = E_i⁰[pos]`` ``[B, d]``. ``N⁰`` holds the layer-0 rows of
+    **every** candidate the sampler scored, ``neg.pool_ids`` ``[B, M]`` (or ``[B, K, M]``) -> ``[B, M, d]``,
+    chosen or not; they are gathered here, with gradient, and only here. Without a pool, ``N⁰`` is
+    ``neg.reg_emb`` (synthetic negatives) or the rows of ``neg.ids``. ``neg.weight`` is ignored (RecBole
+    norms the whole tensor), and shared (batch) negatives are not regularised, as in R1.
+
+    Returns a scalar (0 without any gather when ``λ = 0``).
+    """
+    if reg == 0:
+        return view.user_emb.new_zeros(())
+    users0 = view.user_ego
+    rows = [users0, view.pos_ego]
+    neg0 = _r2_negative_rows(view, neg)
+    if neg0 is not None:
+        rows.append(neg0)
+    if squared:
+        return reg * torch.stack([(x * x).sum() for x in rows]).sum() / (2 * users0.shape[0])
+    return reg * torch.stack([torch.linalg.vector_norm(x) for x in rows]).sum() / users0.shape[0]
+
+
+#: ``TrainConfig.regularizer`` choices: R1 (:func:`l2_regularization`), R2 and squared R2
+#: (:func:`r2_regularization`)
+REGULARIZERS = ("r1", "r2", "r2_pow")
+
+
+def regularization(view: ModelView, neg: Negatives, reg: float, kind: str = "r1") -> Tensor:
+    """The regulariser named ``kind`` (one of :data:`REGULARIZERS`) with weight ``λ = reg``. Scalar."""
+    if kind == "r1":
+        return l2_regularization(view, neg, reg)
+    if kind in ("r2", "r2_pow"):
+        return r2_regularization(view, neg, reg, squared=kind == "r2_pow")
+    raise ConfigError(f"regularizer must be one of {list(REGULARIZERS)}, got {kind!r}")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ One training step, as the architecture guide draws it::
 
     view = model.view(users, pos)                      # one propagation (LightGCN); gathers for MF
     neg = sampler(users, pos, view, generator=gen)     # Negatives record
-    loss = loss_fn(view.user_emb, view.pos_emb, neg) + l2_regularization(view, neg, λ) + neg.aux_loss
+    loss = loss_fn(view.user_emb, view.pos_emb, neg) + regularization(view, neg, λ, kind) + neg.aux_loss
 
 The trainer never looks at which sampler or model it runs. A run folder holds ``config.json``,
 ``id_maps.json``, ``history.jsonl`` (one line per finished epoch), ``checkpoint.pt`` (written atomically at
@@ -172,7 +172,9 @@ class Trainer:
         ]
         use_sparse_gradients(self.model, cfg.optimizer)
         self.optimizer = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay)
-        self.step = TrainStep(cast(Recommender, self.model), self.sampler, self.loss_fn, cfg.reg)
+        self.step = TrainStep(
+            cast(Recommender, self.model), self.sampler, self.loss_fn, cfg.reg, cfg.regularizer
+        )
         self.step_fn = data_parallel(self.step, self.device) if self.dist.enabled else self.step
         self.train_users = torch.as_tensor(split.train.users, device=self.device)
         self.train_items = torch.as_tensor(split.train.items, device=self.device)

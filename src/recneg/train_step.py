@@ -15,28 +15,38 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from recneg.losses import l2_regularization
+from recneg.errors import ConfigError
+from recneg.losses import REGULARIZERS, regularization
 from recneg.models.base import ModelView, Recommender
 from recneg.samplers.base import Negatives, Sampler
 
 
 class TrainStep(nn.Module):
-    """``loss = loss_fn(u, i⁺, neg) + R1 + neg.aux_loss`` for one batch; the trainer backpropagates it.
+    """``loss = loss_fn(u, i⁺, neg) + λ R + neg.aux_loss`` for one batch; the trainer backpropagates it.
 
     Args:
         model: a :class:`~recneg.models.Recommender`; sampler: a bound :class:`Sampler`; loss_fn: a loss
-            module ``(user_emb [B, d], pos_emb [B, d], Negatives) -> scalar``; reg: λ of R1.
+            module ``(user_emb [B, d], pos_emb [B, d], Negatives) -> scalar``; reg: λ of the regulariser;
+        regularizer: ``R``, one of :data:`~recneg.losses.REGULARIZERS` (``"r1"``, ``"r2"``, ``"r2_pow"``;
+            see :func:`~recneg.losses.regularization`).
 
     Shape:
         ``users, pos [B]`` -> ``(loss scalar, ModelView, Negatives)``.
     """
 
-    def __init__(self, model: Recommender, sampler: Sampler, loss_fn: nn.Module, reg: float):
+    def __init__(
+        self, model: Recommender, sampler: Sampler, loss_fn: nn.Module, reg: float, regularizer: str = "r1"
+    ):
         super().__init__()
         self.model = model
         self.sampler = sampler
         self.loss_fn = loss_fn
         self.reg = reg
+        if regularizer not in REGULARIZERS:
+            raise ConfigError(
+                f"regularizer of TrainStep must be one of {list(REGULARIZERS)}, got {regularizer!r}"
+            )
+        self.regularizer = regularizer
 
     def forward(
         self, users: Tensor, pos: Tensor, generator: torch.Generator | None = None
@@ -44,7 +54,7 @@ class TrainStep(nn.Module):
         view = self.model.view(users, pos)
         neg = self.sampler(users, pos, view, generator=generator)
         loss = self.loss_fn(view.user_emb, view.pos_emb, neg)
-        loss = loss + l2_regularization(view, neg, self.reg)
+        loss = loss + regularization(view, neg, self.reg, self.regularizer)
         if neg.aux_loss is not None:
             loss = loss + neg.aux_loss
         return loss, view, neg

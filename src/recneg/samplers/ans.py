@@ -272,7 +272,7 @@ class ANSSampler(Sampler):
 
     Shape:
         ``users, pos [B]`` -> ``Negatives(emb [B, 1, d], ids [B, 1] or None, aux_loss [], reg_emb [B, 1, d],
-        score [B, 1] and pos_score [B] when score="sum_layers")``.
+        pool_ids [B, M], score [B, 1] and pos_score [B] when score="sum_layers")``.
 
     Stats:
         ``dns_overlap`` (share of (row, layer) choices whose source item is DNS's top-1 ``⟨ē_u, ē_n⟩`` on the
@@ -426,7 +426,14 @@ class ANSSampler(Sampler):
             **extra,
         )
         return Negatives(
-            emb=emb, ids=ids, aux_loss=aux, reg_emb=reg_emb, score=score, pos_score=pos_score, stats=stats
+            emb=emb,
+            ids=ids,
+            aux_loss=aux,
+            reg_emb=reg_emb,
+            score=score,
+            pos_score=pos_score,
+            stats=stats,
+            pool_ids=pool,
         )
 
 
@@ -479,7 +486,7 @@ class DENSSampler(Sampler):
 
     Shape:
         ``users, pos [B]`` -> ``Negatives(emb [B, K, d], ids [B, K] when L + 1 = 1 else None, aux_loss [],
-        reg_emb [B, K, d])`` with ``K = n_negatives``.
+        reg_emb [B, K, d], pool_ids [B, K, M])`` with ``K = n_negatives``.
 
     Stats: ``warmup_factor`` (``min(1, t/warmup)``), ``dns_overlap`` (as for ANS), ``loss_gate`` (unweighted).
 
@@ -578,4 +585,4 @@ class DENSSampler(Sampler):
             dns_overlap=(chosen_ids == dns_ids).to(view.user_emb.dtype).mean(),
             **extra,
         )
-        return Negatives(emb=emb, ids=ids, aux_loss=aux, reg_emb=reg_emb, stats=stats)
+        return Negatives(emb=emb, ids=ids, aux_loss=aux, reg_emb=reg_emb, stats=stats, pool_ids=pool)

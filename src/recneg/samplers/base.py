@@ -43,6 +43,10 @@ class Negatives:
         pos_log_q: ``[B]`` log Q of each row's positive, on the scale of ``log_q`` (for ``correct_positive``).
         stats: detached per-batch diagnostics, floats or 0-d tensors (summed on device by the trainer,
             averaged per epoch).
+        pool_ids: ``[B, M]`` (or ``[B, K, M]``, one pool per negative) item ids of every candidate the
+            sampler scored, chosen or not, for the R2 regulariser (ALGORITHMS.md §1.3), which norms the
+            layer-0 rows of the whole pool; ``None`` when the sampler has no pool (R2 then uses the
+            negatives' own rows). Only ids: the rows are gathered by the regulariser that needs them.
     """
 
     emb: Tensor
@@ -56,6 +60,7 @@ class Negatives:
     mask: Tensor | None = None
     pos_log_q: Tensor | None = None
     stats: dict = field(default_factory=dict)
+    pool_ids: Tensor | None = None
 
     @property
     def shared(self) -> bool:

@@ -208,7 +208,7 @@ def _topk_negatives(pool: Tensor, scores: Tensor, k: int, view: ModelView, weigh
     weight = None
     if weighted:
         weight = torch.full(ids.shape, 1.0 / k, device=ids.device, dtype=view.user_emb.dtype)
-    return Negatives(emb=view.item_emb(ids), ids=ids, weight=weight, stats=stats)
+    return Negatives(emb=view.item_emb(ids), ids=ids, weight=weight, stats=stats, pool_ids=pool)
 
 
 @SAMPLERS.register("dns", config=DNSConfig, help="DNS: the top-scored of n_candidates pool items")
@@ -222,8 +222,8 @@ class DNSSampler(_ProposalSampler):
         config: :class:`DNSConfig`; ``n_candidates`` is N in WWW'23, H in PDNS, M in ANS.
 
     Shape:
-        ``users, pos [B]`` -> ``Negatives(emb [B, 1, d], ids [B, 1])`` with stats ``pool_score_spread``
-        (mean of max − min pool score) and ``chosen_minus_pool_mean``.
+        ``users, pos [B]`` -> ``Negatives(emb [B, 1, d], ids [B, 1], pool_ids [B, N])`` with stats
+        ``pool_score_spread`` (mean of max − min pool score) and ``chosen_minus_pool_mean``.
 
     References:
         Zhang et al., Optimizing Top-N Collaborative Filtering via Dynamic Negative Item Sampling, SIGIR 2013.
@@ -251,7 +251,7 @@ class DNSMNSampler(_ProposalSampler):
         config: :class:`DNSMNConfig`; ``n_selected > n_candidates`` raises :class:`ConfigError`.
 
     Shape:
-        ``users, pos [B]`` -> ``Negatives(emb [B, M, d], ids [B, M], weight [B, M] = 1/M)``.
+        ``users, pos [B]`` -> ``Negatives(emb [B, M, d], ids [B, M], weight [B, M] = 1/M, pool_ids [B, N])``.
 
     References:
         Shi et al., On the Theories Behind Hard Negative Sampling for Recommendation, WWW 2023.
@@ -323,7 +323,7 @@ class SoftmaxVSampler(_ProposalSampler):
             (the paper and code use 200; recneg defaults to 32).
 
     Shape:
-        ``users, pos [B]`` -> ``Negatives(emb [B, N, d], ids [B, N], weight [B, N])``.
+        ``users, pos [B]`` -> ``Negatives(emb [B, N, d], ids [B, N], weight [B, N], pool_ids [B, N])``.
 
     References:
         Shi et al., On the Theories Behind Hard Negative Sampling for Recommendation, WWW 2023.
@@ -344,7 +344,7 @@ class SoftmaxVSampler(_ProposalSampler):
                 "weight_entropy": _stat(-(weight * weight.clamp_min(1e-30).log()).sum(1).mean()),
                 "pool_score_spread": _stat((scores.max(1).values - scores.min(1).values).mean()),
             }
-        return Negatives(emb=view.item_emb(pool), ids=pool, weight=weight, stats=stats)
+        return Negatives(emb=view.item_emb(pool), ids=pool, weight=weight, stats=stats, pool_ids=pool)
 
 
 # ============================================================================================ SRNS
@@ -414,7 +414,7 @@ class SRNSSampler(_EpochState, Sampler):
         epoch_: scalar int64, the current epoch; ``n_records_``: scalar int64, records written.
 
     Shape:
-        ``users, pos [B]`` -> ``Negatives(emb [B, 1, d], ids [B, 1])``.
+        ``users, pos [B]`` -> ``Negatives(emb [B, 1, d], ids [B, 1], pool_ids [B, S])`` (the memory rows).
 
     References:
         Ding et al., Simplify and Robustify Negative Sampling for Implicit Collaborative Filtering,
@@ -547,7 +547,7 @@ class SRNSSampler(_EpochState, Sampler):
             }
         if self.config.memory_update == "batch":
             self._update_batch_memory(users, view, generator)
-        return Negatives(emb=view.item_emb(ids), ids=ids, stats=stats)
+        return Negatives(emb=view.item_emb(ids), ids=ids, stats=stats, pool_ids=mem)
 
     @torch.no_grad()
     def _update_batch_memory(self, users: Tensor, view: ModelView, generator) -> None:
@@ -812,7 +812,7 @@ class GDNSSampler(_EpochState, Sampler):
     ``gain_ [n_users, S]`` the last ``G``, ``epoch_``, ``initialized_``.
 
     Shape:
-        ``users, pos [B]`` -> ``Negatives(emb [B, 1, d], ids [B, 1])``.
+        ``users, pos [B]`` -> ``Negatives(emb [B, 1, d], ids [B, 1], pool_ids [B, S])`` (the memory rows).
 
     References:
         Zhu et al., Gain-Tuning Dynamic Negative Sampling for Recommendation, WWW 2022 (abstract only).
@@ -910,4 +910,4 @@ class GDNSSampler(_EpochState, Sampler):
                 "suspect_fraction": _stat((gain < 0).float().mean()),
                 "chosen_hardness": _stat(hard.gather(1, choice).mean()),
             }
-        return Negatives(emb=view.item_emb(ids), ids=ids, stats=stats)
+        return Negatives(emb=view.item_emb(ids), ids=ids, stats=stats, pool_ids=mem)

@@ -84,8 +84,8 @@ class PDNSSampler(Sampler):
         config: :class:`PDNSConfig`.
 
     Shape:
-        ``users, pos [B]`` -> ``Negatives(emb [B, 1, d], ids [B, 1], reg_emb [B, 1, d])``; ``ids`` are the
-        DNS-chosen real items ``j_b`` (``emb`` is their mixture with the positive).
+        ``users, pos [B]`` -> ``Negatives(emb [B, 1, d], ids [B, 1], reg_emb [B, 1, d], pool_ids [B, H])``;
+        ``ids`` are the DNS-chosen real items ``j_b`` (``emb`` is their mixture with the positive).
 
     References:
         Shi, Zhang, Wang, Jing, PDNS ("Soft BPR loss for dynamic hard negative sampling", arXiv 2211.13912),
@@ -106,7 +106,7 @@ class PDNSSampler(Sampler):
         emb = alpha * view.pos_emb.unsqueeze(1) + (1.0 - alpha) * view.item_emb(ids)  # [B, 1, d]
         raw0 = view.item_ego(ids)  # [B, 1, d]
         reg = raw0 if cfg.regularize == "raw" else alpha * view.pos_ego.unsqueeze(1) + (1.0 - alpha) * raw0
-        return Negatives(emb=emb, ids=ids, reg_emb=reg)
+        return Negatives(emb=emb, ids=ids, reg_emb=reg, pool_ids=pool)
 
 
 # --------------------------------------------------------------------------------------------- MixGCF
@@ -176,9 +176,9 @@ class MixGCFSampler(Sampler):
         config: :class:`MixGCFConfig`.
 
     Shape:
-        ``users, pos [B]`` -> ``Negatives(emb [B, K, d], ids=None, reg_emb [B, K, d])``; internally candidates
-        ``[B, K, M]``, candidate layers ``[B, K, M, L+1, d]`` (no grad), scores ``[B, K, M, L+1]``, chosen ids
-        ``[B, K, L+1]``, synthetic layers ``[B, K, L+1, d]``.
+        ``users, pos [B]`` -> ``Negatives(emb [B, K, d], ids=None, reg_emb [B, K, d], pool_ids [B, K, M])``;
+        internally candidates ``[B, K, M]``, candidate layers ``[B, K, M, L+1, d]`` (no grad), scores
+        ``[B, K, M, L+1]``, chosen ids ``[B, K, L+1]``, synthetic layers ``[B, K, L+1, d]``.
 
     References:
         Huang et al., "MixGCF: An Improved Training Method for Graph Neural Network-based Recommender
@@ -237,4 +237,4 @@ class MixGCFSampler(Sampler):
         synthetic, ids = self.synthesize(view, pool, alpha)
         a0 = alpha[..., 0:1]  # [B, K, 1]
         reg = a0 * view.pos_ego.unsqueeze(1) + (1 - a0) * view.item_ego(ids[..., 0])  # [B, K, d]
-        return Negatives(emb=synthetic.mean(2), reg_emb=reg)
+        return Negatives(emb=synthetic.mean(2), reg_emb=reg, pool_ids=pool)
