@@ -155,6 +155,11 @@ def main(argv=None) -> None:
     ap.add_argument("--valid-ratio", type=float, default=0.1)
     ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2)))
     ap.add_argument("--name", default=None)
+    ap.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="summarise the finished runs on disk (a partial grid says how many seeds each config has)",
+    )
     args = ap.parse_args(argv)
     grid = GRIDS[args.grid]
     configs = args.configs.split(",") if args.configs else list(grid)
@@ -175,6 +180,9 @@ def main(argv=None) -> None:
         for c in configs
         for s in args.seeds.split(",")
     ]
+    if args.summary_only:
+        jobs = [j for j in jobs if Path(j["out"]).exists()]
+        configs = [c for c in configs if any(j["name"] == c for j in jobs)]
     with ProcessPoolExecutor(args.jobs) as pool:
         rows = []
         for r in pool.map(run_one, jobs):
@@ -188,8 +196,19 @@ def main(argv=None) -> None:
     stamp = machine_stamp(1)
     cmd = "python -m benchmarks.samplers " + " ".join(argv if argv is not None else sys.argv[1:])
     cols = list(table[0]) if table else []
+    wanted = len(args.seeds.split(","))
+    partial = [f"{t['config']} ({t['seeds']} of {wanted})" for t in table if t["seeds"] < wanted]
+    missing = [c for c in (args.configs.split(",") if args.configs else list(grid)) if c not in configs]
+    note = ""
+    if partial or missing:
+        note = (
+            "**Partial grid**: the runs below are the ones finished when it was summarised; "
+            + (f"fewer seeds: {', '.join(partial)}; " if partial else "")
+            + (f"not run: {', '.join(missing)}; " if missing else "")
+            + "re-running the command without --summary-only completes it (finished runs are reused).\n\n"
+        )
     md = (
-        f"# Samplers on {args.dataset} ({args.grid})\n\nCommand: `{cmd}`\n\n"
+        f"# Samplers on {args.dataset} ({args.grid})\n\nCommand: `{cmd}`\n\n{note}"
         f"MF/LightGCN dim 64, Adam lr {args.lr}, batch 2048, R1 λ=1e-4, {args.epochs} epochs without early "
         f"stopping, validation every {args.eval_every} epochs; test metrics of the best-validation weights. "
         f"Per-run curves: results/{name}/runs/.\n\nMachine: {stamp}\n\n" + md_table(table, cols)
