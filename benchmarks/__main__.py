@@ -20,13 +20,13 @@ import sys
 import time
 
 from benchmarks import epoch_time, eval_time, peers
-from benchmarks.common import DEFAULT_DATA, RESULTS
+from benchmarks.common import RESULTS
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="ml-100k,gowalla")
-    ap.add_argument("--data-dir", default=str(DEFAULT_DATA))
+    ap.add_argument("--data-dir", default=None, help="default: ../shared/data beside the repository")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--steps", type=int, default=10)
@@ -34,7 +34,9 @@ def main(argv=None) -> int:
     ap.add_argument("--optimizers", default="adam,sparse_adam")
     ap.add_argument("--peers-venv", default=None, help="run benchmarks.peers with this venv (Gowalla only)")
     args = ap.parse_args(argv)
-    common = ["--data-dir", args.data_dir, "--threads", str(args.threads)]
+    # the data folder is passed on only when given, so result files record the command as typed
+    data = ["--data-dir", args.data_dir] if args.data_dir else []
+    common = [*data, "--threads", str(args.threads)]
     written = []
     for ds in args.datasets.split(","):
         for opt in args.optimizers.split(","):
@@ -57,9 +59,7 @@ def main(argv=None) -> int:
         eval_time.main(["--dataset", ds, *common, "--rounds", str(args.rounds), "--device", args.device])
         written.append(f"eval_time_{ds}")
     if args.peers_venv:
-        peers.main(
-            ["--peers-venv", args.peers_venv, "--data-dir", args.data_dir, "--threads", str(args.threads)]
-        )
+        peers.main(["--peers-venv", args.peers_venv, *data, "--threads", str(args.threads)])
         written.append("peers_gowalla")
     lines = [
         "# Speed suite",
