@@ -141,9 +141,16 @@ def init_from_env(device: str = "auto") -> DistContext:
     return current()
 
 
-def shutdown() -> None:
-    """Leave the process group (no-op when none is initialised)."""
+def shutdown(wait_for_peers: bool = True) -> None:
+    """Leave the process group (no-op when none is initialised).
+
+    ``wait_for_peers``: a barrier first, so no rank tears its gloo connections down while another still uses
+    them (that can abort the other process at exit: "terminate called without an active exception"). Pass
+    ``False`` after a failure, when a peer may be gone.
+    """
     if dist.is_available() and dist.is_initialized():
+        if wait_for_peers:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -79,10 +79,14 @@ def run(
     """
     ctx = distributed.init_from_env(cfg.train.device)
     try:
-        return _run(cfg, out_dir, resume, callbacks, ctx)
-    finally:
+        result = _run(cfg, out_dir, resume, callbacks, ctx)
+    except BaseException:
         if ctx.enabled:
-            distributed.shutdown()
+            distributed.shutdown(wait_for_peers=False)
+        raise
+    if ctx.enabled:
+        distributed.shutdown()
+    return result
 
 
 def _run(cfg: RunConfig, out_dir, resume: bool, callbacks, ctx: distributed.DistContext) -> RunResult:
