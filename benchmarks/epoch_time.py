@@ -42,7 +42,17 @@ CONFIGS = {
 
 
 class Runner:
-    def __init__(self, split, spec, batch_size: int, seed: int = 0, optimizer: str = "adam", device="cpu"):
+    def __init__(
+        self,
+        split,
+        spec,
+        batch_size: int,
+        seed: int = 0,
+        optimizer: str = "adam",
+        device="cpu",
+        fused: bool = True,
+    ):
+        from recneg.fused_step import FusedMFStep, fused_step_blocker
         from recneg.optim import make_optimizer, use_sparse_gradients
 
         model_name, sampler_name, sampler_args, loss_name, loss_args = spec
@@ -60,6 +70,12 @@ class Runner:
         use_sparse_gradients(self.model, optimizer)
         self.optimizer = optimizer
         self.opt = make_optimizer(optimizer, params, 1e-3)
+        blocker = fused_step_blocker(self.model, self.sampler, self.loss, "r1", distributed=False)
+        self.fused = (
+            FusedMFStep(self.model, self.sampler, self.loss, 1e-4, self.opt)
+            if fused and not blocker
+            else None
+        )
         self.users = torch.as_tensor(split.train.users, device=self.device)
         self.items = torch.as_tensor(split.train.items, device=self.device)
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
@@ -74,6 +90,14 @@ class Runner:
         idx = self.perm[self.cursor : self.cursor + self.batch_size]
         self.cursor += self.batch_size
         u, p = self.users[idx], self.items[idx]
+        if self.fused is not None:  # the trainer's hand-written MF step (recneg.fused_step)
+            _, _, _, status = self.fused(u, p, self.gen)
+            if status == "autograd":
+                raise RuntimeError("the fused step fell back to autograd: this benchmark times one path")
+            if status == "gradients":
+                self.opt.step()
+                self.fused.clear()
+            return
         view = self.model.view(u, p)
         neg = self.sampler(u, p, view, generator=self.gen)
         loss = self.loss(view.user_emb, view.pos_emb, neg) + l2_regularization(view, neg, 1e-4)
@@ -82,6 +106,12 @@ class Runner:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
+
+
+def _step_kind(runner: Runner) -> str:
+    if runner.fused is None:
+        return "autograd"
+    return "compiled" if runner.fused.compiled else "fused"
 
 
 def _uptime() -> str:
@@ -101,6 +131,13 @@ def main(argv=None) -> None:
     ap.add_argument(
         "--optimizer", default="adam", help="adam | sparse_adam (models that cannot use it keep adam)"
     )
+    ap.add_argument(
+        "--fused-step",
+        default="both",
+        choices=("both", "auto", "off"),
+        help="both: time each config the fused MF step serves twice, fused and with autograd (the "
+        "trainer's fused_step='off'); auto: as the trainer runs by default; off: autograd only",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     TrainConfig(threads=args.threads)  # validates
@@ -110,9 +147,23 @@ def main(argv=None) -> None:
     from recneg.utils import resolve_device
 
     device = resolve_device(args.device)
-    runners = {
-        n: Runner(split, CONFIGS[n], args.batch_size, optimizer=args.optimizer, device=device) for n in names
-    }
+    runners = {}
+    for n in list(names):
+        runners[n] = Runner(
+            split,
+            CONFIGS[n],
+            args.batch_size,
+            optimizer=args.optimizer,
+            device=device,
+            fused=args.fused_step != "off",
+        )
+        if args.fused_step == "both" and runners[n].fused is not None:
+            twin = f"{n} (autograd)"
+            runners[twin] = Runner(
+                split, CONFIGS[n], args.batch_size, optimizer=args.optimizer, device=device, fused=False
+            )
+            runners[twin].candidates = runners[n].candidates
+    names = list(runners)
     for r in runners.values():  # warm-up: first-use allocations, bitmap build
         r.step()
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -138,6 +189,7 @@ def main(argv=None) -> None:
             {
                 "config": n,
                 "optimizer": runners[n].optimizer,
+                "step": _step_kind(runners[n]),
                 "ms/step (median)": 1000 * med,
                 "epoch s (extrapolated)": med * steps_per_epoch,
                 f"ratio to {names[0]}": med / base,

@@ -38,6 +38,9 @@ from recneg.losses import REGULARIZERS
 from recneg.optim import OPTIMIZERS, SPARSE_OPTIMIZERS
 from recneg.registry import config_from_mapping, suggest
 
+#: ``TrainConfig.fused_step`` choices (see :mod:`recneg.fused_step`)
+FUSED_STEP_MODES = ("auto", "off")
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -73,6 +76,13 @@ class TrainConfig:
         },
     )
     weight_decay: float = field(default=0.0, metadata={"help": "optimiser weight decay (R3), 0 = off"})
+    fused_step: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: mf + bpr/softbpr + r1 over real-item negatives writes its gradients by hand "
+            "(same maths as autograd, faster; see docs/performance) | off: always autograd"
+        },
+    )
     eval_every: int = field(default=5, metadata={"help": "evaluate every E epochs (and after the last)"})
     patience: int = field(
         default=5, metadata={"help": "evaluations without improvement before stopping (0 = off)"}
@@ -106,6 +116,7 @@ class TrainConfig:
         require_float("reg", self, low=0.0)
         require_choice("regularizer", self, REGULARIZERS)
         require_float("weight_decay", self, low=0.0)
+        require_choice("fused_step", self, set(FUSED_STEP_MODES))
         if self.optimizer in SPARSE_OPTIMIZERS and self.weight_decay:
             raise ConfigError(
                 f"weight_decay of TrainConfig must be 0 with optimizer {self.optimizer} (it would decay only "

@@ -78,7 +78,19 @@ class LazyAdam(torch.optim.Optimizer):
                     self._update(p, p.grad, group)
         return loss
 
-    def _update(self, p: Tensor, grad: Tensor, group: dict) -> None:
+    def group_of(self, p: Tensor) -> dict:
+        """The parameter group that holds ``p``."""
+        for group in self.param_groups:
+            if any(q is p for q in group["params"]):
+                return group
+        raise ConfigError(f"LazyAdam: a parameter of shape {tuple(p.shape)} is not among its parameters")
+
+    def advance(self, p: Tensor, group: dict) -> tuple[Tensor, Tensor, float, float]:
+        """Start a step of ``p``: moments ``(m, v)``, ``step_size = lr / (1 − β1^t)``, ``sqrt(1 − β2^t)``.
+
+        Creates the state on first use and counts the step (``t``); the compiled kernel
+        (:mod:`recneg.kernels`) calls it too, so both paths keep the same state and bias corrections.
+        """
         state = self.state[p]
         if not state:
             state["step"] = 0
@@ -87,9 +99,16 @@ class LazyAdam(torch.optim.Optimizer):
         state["step"] = int(state["step"]) + 1
         beta1, beta2 = group["betas"]
         t = state["step"]
-        step_size = group["lr"] / (1.0 - beta1**t)
-        sqrt_bc2 = math.sqrt(1.0 - beta2**t)
-        m, v = state["exp_avg"], state["exp_avg_sq"]
+        return (
+            state["exp_avg"],
+            state["exp_avg_sq"],
+            group["lr"] / (1.0 - beta1**t),
+            math.sqrt(1.0 - beta2**t),
+        )
+
+    def _update(self, p: Tensor, grad: Tensor, group: dict) -> None:
+        beta1, beta2 = group["betas"]
+        m, v, step_size, sqrt_bc2 = self.advance(p, group)
         if not grad.is_sparse:
             m.mul_(beta1).add_(grad, alpha=1.0 - beta1)
             v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)

@@ -42,8 +42,10 @@ from recneg.distributed import (
 )
 from recneg.errors import ConfigError, DataError, RecnegError
 from recneg.eval.ranking import EvalResult, evaluate
+from recneg.fused_step import AUTOGRAD, GRADIENTS, FusedMFStep, fused_step_blocker
 from recneg.logging import make_logger
 from recneg.models.base import Recommender
+from recneg.models.mf import MF
 from recneg.optim import SPARSE_OPTIMIZERS, make_optimizer, use_sparse_gradients
 from recneg.resources import check_fits
 from recneg.samplers.base import Sampler
@@ -176,6 +178,19 @@ class Trainer:
             cast(Recommender, self.model), self.sampler, self.loss_fn, cfg.reg, cfg.regularizer
         )
         self.step_fn = data_parallel(self.step, self.device) if self.dist.enabled else self.step
+        #: why the hand-written MF step is not used (None when it is); see :mod:`recneg.fused_step`
+        self.fused_blocker = (
+            "fused_step='off'"
+            if cfg.fused_step == "off"
+            else fused_step_blocker(
+                self.model, self.sampler, self.loss_fn, cfg.regularizer, self.dist.enabled
+            )
+        )
+        self.fused = (
+            FusedMFStep(cast(MF, self.model), self.sampler, cast(Any, self.loss_fn), cfg.reg, self.optimizer)
+            if self.fused_blocker is None
+            else None
+        )
         self.train_users = torch.as_tensor(split.train.users, device=self.device)
         self.train_items = torch.as_tensor(split.train.items, device=self.device)
         self.use_valid = split.valid is not None and len(split.valid) > 0
@@ -217,13 +232,20 @@ class Trainer:
                 continue
             steps += 1
             users, pos = self.train_users[idx], self.train_items[idx]
-            loss, view, neg = self.step_fn(users, pos, self.sample_gen)
+            if self.fused is not None:
+                loss, view, neg, status = self.fused(users, pos, self.sample_gen)
+            else:
+                (loss, view, neg), status = self.step_fn(users, pos, self.sample_gen), AUTOGRAD
             for cb in self.callbacks:
                 if hasattr(cb, "on_batch"):
                     cb.on_batch(self, b, users, pos, view, neg)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            if status == GRADIENTS:  # the tables' .grad already hold this batch's gradient
+                self.optimizer.step()
+                cast(FusedMFStep, self.fused).clear()
+            elif status == AUTOGRAD:
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
             total += loss.detach()
             for k, v in neg.stats.items():
                 stats[k] = stats.get(k, 0.0) + _stat_value(v)

@@ -109,6 +109,8 @@ class ANNHardSampler(Sampler):
         ``users, pos [B]`` -> ``Negatives(emb [B, n_negatives, d], ids [B, n_negatives])``.
     """
 
+    emits_item_rows = True
+
     excludes_positives = True
     step_: Tensor  # registered buffers
     snapshot_: Tensor

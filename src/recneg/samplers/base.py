@@ -83,10 +83,14 @@ class Sampler(nn.Module):
     Class attributes:
         needs_layers: the sampler reads per-layer embeddings (``ModelView.item_layers``).
         excludes_positives: whether drawn ids are guaranteed not to be training positives.
+        emits_item_rows: every ``Negatives`` it returns with ``ids`` and no ``reg_emb`` has
+            ``emb = view.item_emb(ids)`` (real items, not synthesised); lets MF take the hand-written
+            gradient step (:mod:`recneg.fused_step`). Off by default, so a custom sampler keeps autograd.
     """
 
     needs_layers: bool = False
     excludes_positives: bool = True
+    emits_item_rows: bool = False
 
     def __init__(self, config=None):
         super().__init__()

@@ -51,6 +51,8 @@ class _ProposalSampler(Sampler):
             (``None`` for the uniform proposal).
     """
 
+    emits_item_rows = True
+
     def __init__(self, config):
         super().__init__(config)
         self.excludes_positives = self.config.exclude_positives
@@ -420,6 +422,8 @@ class SRNSSampler(_EpochState, Sampler):
         Ding et al., Simplify and Robustify Negative Sampling for Implicit Collaborative Filtering,
         NeurIPS 2020.
     """
+
+    emits_item_rows = True
 
     memory_: Tensor
     hist_: Tensor
@@ -817,6 +821,8 @@ class GDNSSampler(_EpochState, Sampler):
     References:
         Zhu et al., Gain-Tuning Dynamic Negative Sampling for Recommendation, WWW 2022 (abstract only).
     """
+
+    emits_item_rows = True
 
     memory_: Tensor
 

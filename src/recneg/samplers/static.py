@@ -33,6 +33,8 @@ class UniformSampler(Sampler):
     Shape: ``users, pos [B]`` -> ``Negatives(emb [B, n_negatives, d], ids [B, n_negatives])``.
     """
 
+    emits_item_rows = True
+
     def __init__(self, config: UniformConfig | None = None):
         super().__init__(config or UniformConfig())
         self.excludes_positives = self.config.exclude_positives
@@ -73,6 +75,8 @@ class PopularitySampler(Sampler):
 
     Shape: ``users, pos [B]`` -> ``Negatives(emb [B, n_negatives, d], ids [B, n_negatives], log_q [B, n])``.
     """
+
+    emits_item_rows = True
 
     def __init__(self, config: PopularityConfig | None = None):
         super().__init__(config or PopularityConfig())

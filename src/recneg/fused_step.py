@@ -1,0 +1,234 @@
+"""A training step for MF with pairwise losses whose gradients are written by hand, not by autograd.
+
+For matrix factorisation (``r_ui = ⟨e_u, e_i⟩``) with BPR or soft BPR over sampled real items and the R1
+regulariser, the gradient of the loss with respect to each gathered row has a closed form. Writing it
+directly into the tables' ``.grad`` saves what dominates an MF step on CPU: autograd allocates and
+zero-fills a dense ``[n_items, d]`` gradient for *each* gather (two for the item table: positives and
+negatives, then adds them) and the trainer zero-fills all of them again each step. Here each table has
+one persistent gradient buffer; the step adds the batch's rows into it and, after the optimiser step,
+zeroes only those rows again. The optimiser is untouched: dense Adam/Adagrad see exactly the dense
+gradient autograd would give (zeros on untouched rows), ``sparse_adam`` gets the same uncoalesced row-sparse
+gradient ``F.embedding(..., sparse=True)`` would give.
+
+With ``w_bj`` = ``neg.weight`` (or ``1/n``), ``c = 1/B`` (mean) or ``1`` (sum), ``z_bj = β (r_bj − r_b⁺)``
+(``β = 1`` for BPR) and ``g_bj = c · w_bj · β · σ(z_bj)`` = ∂L/∂r_bj:
+
+- ``∂L/∂e_u  = Σ_j g_bj e_j − (Σ_j g_bj) e_i + (λ/B) e_u``
+- ``∂L/∂e_i  = −(Σ_j g_bj) e_u + (λ/B) e_i``
+- ``∂L/∂e_j  = g_bj e_u + (λ/B) w_bj e_j``
+
+which :mod:`tests.test_fused_step` checks against autograd. A batch whose negatives are not plain item rows
+(synthetic negatives, a sampler's own loss or scores, logQ terms) takes the autograd path for that batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from recneg import kernels
+from recneg.losses import BPRLoss, SoftBPRLoss, regularization
+from recneg.models.base import ModelView
+from recneg.models.mf import MF
+from recneg.optim import LazyAdam
+from recneg.samplers.base import Negatives, Sampler
+
+
+def fused_step_blocker(
+    model: nn.Module, sampler: Sampler, loss_fn: nn.Module, regularizer: str, distributed: bool
+) -> str | None:
+    """Why the hand-written step cannot serve this configuration, or ``None`` when it can.
+
+    It needs exactly :class:`~recneg.models.MF` (a subclass may change ``view``), a sampler that declares
+    ``emits_item_rows``, BPR or soft BPR with ``reduction`` mean or sum, the R1 regulariser, and one process
+    (DDP reduces gradients in autograd hooks).
+    """
+    if type(model) is not MF:
+        return f"model {type(model).__name__} (only mf)"
+    if not getattr(sampler, "emits_item_rows", False):
+        return f"sampler {type(sampler).__name__} (does not declare emits_item_rows)"
+    if not isinstance(loss_fn, (BPRLoss, SoftBPRLoss)) or type(loss_fn) not in (BPRLoss, SoftBPRLoss):
+        return f"loss {type(loss_fn).__name__} (only bpr, softbpr)"
+    if loss_fn.config.reduction not in ("mean", "sum"):
+        return f"loss reduction {loss_fn.config.reduction!r} (only mean, sum)"
+    if regularizer != "r1":
+        return f"regularizer {regularizer} (only r1)"
+    if distributed:
+        return "distributed training (DDP reduces gradients in autograd hooks)"
+    return None
+
+
+def plain_item_negatives(neg: Negatives) -> bool:
+    """True when BPR over ``neg`` reads only item rows ``emb = E_i[ids]`` ``[B, n, d]`` and weights.
+
+    (``log_q`` and ``mask`` matter to softmax losses only; BPR and soft BPR ignore them.)
+    """
+    return (
+        neg.ids is not None
+        and neg.ids.dim() == 2
+        and neg.emb.dim() == 3
+        and neg.reg_emb is None
+        and neg.score is None
+        and neg.pos_score is None
+        and neg.aux_loss is None
+    )
+
+
+#: what :meth:`FusedMFStep.__call__` did: left the graph to autograd, wrote ``.grad``, or also stepped
+AUTOGRAD, GRADIENTS, UPDATED = "autograd", "gradients", "updated"
+
+
+class FusedMFStep:
+    """One MF training step with hand-written gradients (see the module docstring).
+
+    Args:
+        model: an :class:`~recneg.models.MF`; sampler: a bound sampler; loss_fn: :class:`BPRLoss` or
+            :class:`SoftBPRLoss`; reg: λ of R1; optimizer: the trainer's optimiser. When it is
+            :class:`~recneg.optim.LazyAdam` (``sparse_adam``) over CPU float32 tables and numba is installed,
+            gradient and update run as one compiled pass (:mod:`recneg.kernels`), LazyAdam's step to float
+            rounding.
+
+    Use: ``loss, view, neg, status = step(users, pos, generator)``. ``status`` is :data:`UPDATED`: the
+    tables are already updated; :data:`GRADIENTS`: the tables' ``.grad`` hold this batch's gradient: call
+    ``optimizer.step()`` and then :meth:`clear`; :data:`AUTOGRAD`: the loss carries autograd's graph: zero the
+    gradients, ``loss.backward()``, ``optimizer.step()``.
+    """
+
+    def __init__(
+        self,
+        model: MF,
+        sampler: Sampler,
+        loss_fn: BPRLoss | SoftBPRLoss,
+        reg: float,
+        optimizer: torch.optim.Optimizer | None = None,
+    ):
+        self.model, self.sampler, self.loss_fn, self.reg = model, sampler, loss_fn, float(reg)
+        self.beta = float(loss_fn.config.beta) if isinstance(loss_fn, SoftBPRLoss) else 1.0
+        self.mean = loss_fn.config.reduction == "mean"
+        self.optimizer = optimizer
+        self._buffers: dict[int, Tensor] = {}
+        self._touched: list[tuple[Tensor, Tensor]] = []
+        self._kernel: kernels.LazyAdamBPRKernel | None = None
+
+    @property
+    def compiled(self) -> bool:
+        """Whether plain batches run the compiled lazy-Adam kernel (checked each step: tables may move)."""
+        tables = (self.model.user_embedding.weight, self.model.item_embedding.weight)
+        return (
+            kernels.AVAILABLE
+            and isinstance(self.optimizer, LazyAdam)
+            and self.model.sparse_gradients
+            and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tables)
+        )
+
+    def __call__(
+        self, users: Tensor, pos: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, ModelView, Negatives, str]:
+        view = self.model.view(users, pos)
+        neg = self.sampler(users, pos, view, generator=generator)
+        if not plain_item_negatives(neg):
+            loss = self.loss_fn(view.user_emb, view.pos_emb, neg)
+            loss = loss + regularization(view, neg, self.reg, "r1")
+            if neg.aux_loss is not None:
+                loss = loss + neg.aux_loss
+            return loss, view, neg, AUTOGRAD
+        with torch.no_grad():
+            if self.compiled:
+                return self._compiled_step(users, pos, neg), view, neg, UPDATED
+            loss = self._write_gradients(users, pos, view, neg)
+        return loss, view, neg, GRADIENTS
+
+    def _compiled_step(self, users: Tensor, pos: Tensor, neg: Negatives) -> Tensor:
+        assert isinstance(self.optimizer, LazyAdam) and neg.ids is not None
+        user_table, item_table = self.model.user_embedding.weight, self.model.item_embedding.weight
+        if self._kernel is None:
+            self._kernel = kernels.LazyAdamBPRKernel(len(user_table), len(item_table), user_table.shape[1])
+        adam = []
+        for table in (user_table, item_table):
+            table.grad = None  # the update below replaces the optimiser's step
+            group = self.optimizer.group_of(table)
+            m, v, step_size, sqrt_bc2 = self.optimizer.advance(table, group)
+            adam.append((m.numpy(), v.numpy(), step_size, sqrt_bc2))
+        beta1, beta2 = group["betas"]
+        weight = neg.weight.detach().float().contiguous().numpy() if neg.weight is not None else None
+        loss = self._kernel.step(
+            user_table.detach().numpy(),
+            item_table.detach().numpy(),
+            users.contiguous().numpy(),
+            pos.contiguous().numpy(),
+            neg.ids.to(torch.int64).contiguous().numpy(),
+            weight,
+            self.beta,
+            1.0 / len(users) if self.mean else 1.0,
+            self.reg / len(users),
+            adam,
+            beta1,
+            beta2,
+            group["eps"],
+        )
+        return torch.tensor(loss, dtype=user_table.dtype)
+
+    def _write_gradients(self, users: Tensor, pos: Tensor, view: ModelView, neg: Negatives) -> Tensor:
+        u, p, e = view.user_emb.detach(), view.pos_emb.detach(), neg.emb.detach()  # [B, d], [B, d], [B, n, d]
+        assert neg.ids is not None
+        b, n = neg.ids.shape
+        w = neg.weight.detach() if neg.weight is not None else None  # [B, n] or uniform 1/n
+        scale = 1.0 / b if self.mean else 1.0
+        pos_score = (u * p).sum(-1)  # r_b⁺ [B]
+        neg_score = (u.unsqueeze(1) * e).sum(-1)  # r_bj [B, n]
+        z = (neg_score - pos_score.unsqueeze(1)).mul_(self.beta)
+        per_pair = torch.nn.functional.softplus(z)
+        g = torch.sigmoid(z).mul_(scale * self.beta)  # ∂L/∂r_bj before the weights
+        if w is None:
+            g.mul_(1.0 / n)
+            loss = per_pair.sum() * (scale / n)
+        else:
+            g.mul_(w)
+            loss = (per_pair * w).sum() * scale
+        g_sum = g.sum(1, keepdim=True)  # [B, 1]
+        grad_u = torch.bmm(g.unsqueeze(1), e).squeeze(1).sub_(g_sum * p)  # Σ_j g_bj e_j − (Σ_j g_bj) e_i
+        grad_p = g_sum * u * -1.0
+        grad_e = g.unsqueeze(-1) * u.unsqueeze(1)  # [B, n, d]
+        if self.reg:
+            lam = self.reg / b
+            grad_u.add_(u, alpha=lam)
+            grad_p.add_(p, alpha=lam)
+            neg_sq = (e * e).sum(-1)  # [B, n]
+            if w is None:
+                grad_e.add_(e, alpha=lam / n)
+                neg_term = neg_sq.sum() / n
+            else:
+                grad_e.addcmul_(w.unsqueeze(-1), e, value=lam)
+                neg_term = (neg_sq * w).sum()
+            loss = loss + 0.5 * lam * ((u * u).sum() + (p * p).sum() + neg_term)
+        d = u.shape[1]
+        user_table, item_table = self.model.user_embedding.weight, self.model.item_embedding.weight
+        self._add(user_table, [(users, grad_u)])
+        self._add(item_table, [(pos, grad_p), (neg.ids.reshape(-1), grad_e.reshape(-1, d))])
+        return loss
+
+    def _add(self, weight: Tensor, parts: list[tuple[Tensor, Tensor]]) -> None:
+        """Write ``Σ`` of the ``(rows [k], values [k, d])`` parts as ``weight``'s gradient."""
+        if self.model.sparse_gradients:  # what F.embedding(..., sparse=True) gives: uncoalesced rows
+            rows = torch.cat([r for r, _ in parts]) if len(parts) > 1 else parts[0][0]
+            values = torch.cat([v for _, v in parts]) if len(parts) > 1 else parts[0][1]
+            weight.grad = torch.sparse_coo_tensor(
+                rows.unsqueeze(0), values, weight.shape, check_invariants=False
+            )
+            return
+        buffer = self._buffers.get(id(weight))
+        if buffer is None or weight.grad is not buffer:  # first step, or the autograd path replaced it
+            buffer = self._buffers[id(weight)] = torch.zeros_like(weight)
+            weight.grad = buffer
+        for rows, values in parts:
+            buffer.index_add_(0, rows, values)
+            self._touched.append((buffer, rows))
+
+    def clear(self) -> None:
+        """Zero the rows this step wrote into the persistent gradient buffers (after the optimiser step)."""
+        for buffer, rows in self._touched:
+            buffer.index_fill_(0, rows, 0.0)
+        self._touched.clear()
+
+
+__all__ = ["AUTOGRAD", "GRADIENTS", "UPDATED", "FusedMFStep", "fused_step_blocker", "plain_item_negatives"]

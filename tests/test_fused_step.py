@@ -1,0 +1,177 @@
+"""The hand-written MF step (``fused_step="auto"``) gives autograd's gradients and training, faster."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import recneg
+from recneg.config import TrainConfig
+from recneg.errors import ConfigError
+from recneg.fused_step import AUTOGRAD, GRADIENTS, UPDATED, FusedMFStep, fused_step_blocker
+from recneg.losses import BPRConfig, BPRLoss, SoftBPRConfig, SoftBPRLoss
+from recneg.optim import LazyAdam, use_sparse_gradients
+from recneg.train import Trainer, fit
+from recneg.train_step import TrainStep
+
+FAST = dict(epochs=2, batch_size=64, lr=0.01, eval_every=2, patience=0, progress=False, threads=1)
+
+CASES = {
+    "uniform-bpr": ("uniform", {}, BPRLoss()),
+    "uniform-3-sum": ("uniform", {"n_negatives": 3}, BPRLoss(BPRConfig(reduction="sum"))),
+    "dns-softbpr": ("dns", {"n_candidates": 8}, SoftBPRLoss(SoftBPRConfig(beta=0.3))),
+    "dns_mn-weights": ("dns_mn", {"n_candidates": 8, "n_selected": 3}, BPRLoss()),
+    "softmax_v-weights": ("softmax_v", {"n_candidates": 8, "rho": 1.0}, BPRLoss()),
+}
+
+
+def _pair(small_split, sampler_name, sampler_args, sparse):
+    """Two identical (model, sampler) pairs."""
+    out = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = recneg.build_model("mf", small_split.train, dim=8)
+        use_sparse_gradients(model, "sparse_adam" if sparse else "adam")
+        sampler = recneg.build_sampler(sampler_name, **sampler_args).bind(small_split.train)
+        out.append((model, sampler))
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize("reg", [0.0, 0.05])
+def test_hand_written_gradients_equal_autograd(small_split, case, sparse, reg):
+    name, args, loss_fn = CASES[case]
+    (m_auto, s_auto), (m_fused, s_fused) = _pair(small_split, name, args, sparse)
+    users = torch.as_tensor(small_split.train.users[:50])
+    pos = torch.as_tensor(small_split.train.items[:50])
+    loss_auto, _, _ = TrainStep(m_auto, s_auto, loss_fn, reg)(users, pos, torch.Generator().manual_seed(1))
+    loss_auto.backward()
+    fused = FusedMFStep(m_fused, s_fused, loss_fn, reg)
+    loss_fused, _, neg, status = fused(users, pos, torch.Generator().manual_seed(1))
+    assert status == GRADIENTS, "real-item negatives must take the hand-written path"
+    torch.testing.assert_close(loss_fused, loss_auto.detach())
+    for a, f in zip(m_auto.parameters(), m_fused.parameters(), strict=True):
+        assert a.grad is not None and f.grad is not None and f.grad.is_sparse == sparse
+        torch.testing.assert_close(f.grad.to_dense(), a.grad.to_dense(), rtol=1e-5, atol=1e-7)
+
+
+def test_gradient_buffers_hold_only_the_current_batch(small_split):
+    """The persistent buffers are cleared row by row: the second batch's gradient has nothing of the first."""
+    (m_auto, s_auto), (m_fused, s_fused) = _pair(small_split, "uniform", {}, sparse=False)
+    fused = FusedMFStep(m_fused, s_fused, BPRLoss(), 1e-3)
+    step = TrainStep(m_auto, s_auto, BPRLoss(), 1e-3)
+    train = small_split.train
+    for lo, hi in ((0, 40), (40, 90)):
+        users, pos = torch.as_tensor(train.users[lo:hi]), torch.as_tensor(train.items[lo:hi])
+        fused(users, pos, torch.Generator().manual_seed(lo))
+        m_auto.zero_grad(set_to_none=True)
+        step(users, pos, torch.Generator().manual_seed(lo))[0].backward()
+        for a, f in zip(m_auto.parameters(), m_fused.parameters(), strict=True):
+            torch.testing.assert_close(f.grad, a.grad, rtol=1e-5, atol=1e-7)
+        fused.clear()
+        assert all(not p.grad.any() for p in m_fused.parameters())
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sparse_adam", "adagrad"])
+def test_training_with_and_without_the_fused_step_matches(small_split, optimizer):
+    runs = {}
+    for mode in ("auto", "off"):
+        torch.manual_seed(0)
+        model = recneg.build_model("mf", small_split.train, dim=8)
+        sampler = recneg.build_sampler("dns", n_candidates=4)
+        trainer = Trainer(
+            model, sampler, small_split, config=TrainConfig(**FAST, optimizer=optimizer, fused_step=mode)
+        )
+        assert (trainer.fused is not None) == (mode == "auto")
+        runs[mode] = (trainer.run(), model)
+    (res_a, model_a), (res_o, model_o) = runs["auto"], runs["off"]
+    for a, o in zip(model_a.parameters(), model_o.parameters(), strict=True):
+        torch.testing.assert_close(a, o, rtol=1e-4, atol=1e-5)
+    assert res_a.history[0]["loss"] == pytest.approx(res_o.history[0]["loss"], rel=1e-5)
+    assert res_a.test["recall@20"] == pytest.approx(res_o.test["recall@20"], abs=0.01)
+
+
+def test_synthetic_negatives_take_the_autograd_path(small_split):
+    """PDNS mixing returns synthetic negatives: each batch falls back to autograd and still trains."""
+    torch.manual_seed(0)
+    model = recneg.build_model("mf", small_split.train, dim=8)
+    sampler = recneg.build_sampler("pdns", n_candidates=4).bind(small_split.train)
+    fused = FusedMFStep(model, sampler, BPRLoss(), 1e-4)
+    users, pos = torch.as_tensor(small_split.train.users[:30]), torch.as_tensor(small_split.train.items[:30])
+    loss, _, neg, status = fused(users, pos, torch.Generator().manual_seed(0))
+    assert status == AUTOGRAD and neg.reg_emb is not None and loss.requires_grad
+    before = model.item_embedding.weight.detach().clone()
+    fit(model, sampler, small_split, **{**FAST, "epochs": 1})
+    assert not torch.equal(before, model.item_embedding.weight.detach())
+
+
+def test_blockers_name_what_keeps_the_fused_step_off(small_split):
+    mf = recneg.build_model("mf", small_split.train, dim=8)
+    lightgcn = recneg.build_model("lightgcn", small_split.train, dim=8)
+    dns = recneg.build_sampler("dns")
+
+    class OwnSampler(recneg.samplers.Sampler):  # a user's sampler: autograd unless it opts in
+        pass
+
+    assert fused_step_blocker(mf, dns, BPRLoss(), "r1", distributed=False) is None
+    assert "lightgcn" in fused_step_blocker(lightgcn, dns, BPRLoss(), "r1", False).lower()
+    assert "OwnSampler" in fused_step_blocker(mf, OwnSampler(), BPRLoss(), "r1", False)
+    assert "mixgcf" in fused_step_blocker(mf, recneg.build_sampler("mixgcf"), BPRLoss(), "r1", False).lower()
+    assert "kpair" in fused_step_blocker(mf, dns, recneg.build_loss("kpair"), "r1", False).lower()
+    assert "r2" in fused_step_blocker(mf, dns, BPRLoss(), "r2", distributed=False)
+    assert "none" in fused_step_blocker(mf, dns, BPRLoss(BPRConfig(reduction="none")), "r1", False)
+    assert "distributed" in fused_step_blocker(mf, dns, BPRLoss(), "r1", distributed=True)
+    with pytest.raises(ConfigError, match="fused_step"):
+        TrainConfig(fused_step="always")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("reg", [0.0, 0.05])
+def test_compiled_lazy_adam_step_equals_autograd_plus_lazy_adam(small_split, case, reg):
+    """Three numba-kernel steps give LazyAdam's parameters, moments and losses (batches repeat rows)."""
+    pytest.importorskip("numba")
+    name, args, loss_fn = CASES[case]
+    (m_auto, s_auto), (m_comp, s_comp) = _pair(small_split, name, args, sparse=True)
+    opt_auto = LazyAdam(list(m_auto.parameters()), lr=0.05)
+    opt_comp = LazyAdam(list(m_comp.parameters()), lr=0.05)
+    step = TrainStep(m_auto, s_auto, loss_fn, reg)
+    fused = FusedMFStep(m_comp, s_comp, loss_fn, reg, opt_comp)
+    assert fused.compiled
+    train = small_split.train
+    for s in range(3):
+        idx = torch.randint(0, len(train), (40,), generator=torch.Generator().manual_seed(s))
+        idx = torch.cat([idx, idx[:10]])  # the same (user, positive) twice in one batch
+        users, pos = torch.as_tensor(train.users)[idx], torch.as_tensor(train.items)[idx]
+        opt_auto.zero_grad(set_to_none=True)
+        loss_auto = step(users, pos, torch.Generator().manual_seed(s))[0]
+        loss_auto.backward()
+        opt_auto.step()
+        loss_comp, _, _, status = fused(users, pos, torch.Generator().manual_seed(s))
+        assert status == UPDATED
+        torch.testing.assert_close(loss_comp, loss_auto.detach(), rtol=1e-5, atol=1e-6)
+        for a, c in zip(m_auto.parameters(), m_comp.parameters(), strict=True):
+            torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-6)
+            sa, sc = opt_auto.state[a], opt_comp.state[c]
+            assert sc["step"] == sa["step"] == s + 1
+            torch.testing.assert_close(sc["exp_avg"], sa["exp_avg"], rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(sc["exp_avg_sq"], sa["exp_avg_sq"], rtol=1e-4, atol=1e-9)
+
+
+def test_trainer_runs_the_compiled_step_for_sparse_adam(small_split):
+    pytest.importorskip("numba")
+    model = recneg.build_model("mf", small_split.train, dim=8)
+    trainer = Trainer(
+        model,
+        recneg.build_sampler("uniform"),
+        small_split,
+        config=TrainConfig(**FAST, optimizer="sparse_adam"),
+    )
+    assert trainer.fused is not None and trainer.fused.compiled
+    adam = Trainer(
+        recneg.build_model("mf", small_split.train, dim=8),
+        recneg.build_sampler("uniform"),
+        small_split,
+        config=TrainConfig(**FAST, optimizer="adam"),
+    )
+    assert adam.fused is not None and not adam.fused.compiled  # dense Adam: the tensor path
