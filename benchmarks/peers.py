@@ -43,6 +43,8 @@ DEFAULT = {"optimizer": "adam", "batch_size": 2048, "lr": 1e-3}
 # the fast configuration for the implicit comparison (docs/performance.md): 8x the batch, 5x the lr, Adam
 # (sparse_adam learned slower per epoch on Gowalla); override with --fast k=v,...
 FAST = {"optimizer": "adam", "batch_size": 16384, "lr": 5e-3}
+# the default batch and lr with row-sparse lazy Adam (on CPU with numba: the compiled step, recneg.kernels)
+LAZY = {"optimizer": "sparse_adam", "batch_size": 2048, "lr": 1e-3}
 
 
 def _peer(venv: Path, args: list[str], cwd: Path) -> dict:
@@ -150,8 +152,11 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--fast", default="", help="override the fast configuration: k=v,... (TrainConfig fields)"
     )
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: recbole,implicit,default,fast")
+    ap.add_argument(
+        "--skip", default="", help="comma list of parts to skip: recbole,implicit,default,lazy,fast"
+    )
     args = ap.parse_args(argv)
+    args.peers_venv = str(Path(args.peers_venv).absolute())  # the peers run in a scratch folder
     skip = set(filter(None, args.skip.split(",")))
     torch.set_num_threads(args.threads)
     from recneg.data.datasets import load_dataset
@@ -167,6 +172,7 @@ def main(argv=None) -> int:
         "split": repr(split),
         "threads": args.threads,
         "default_config": DEFAULT,
+        "lazy_config": LAZY,
         "fast_config": fast,
         "load_avg_before": load_before,
     }
@@ -182,6 +188,9 @@ def main(argv=None) -> int:
     if "default" not in skip:
         print("recneg default ...", flush=True)
         res["recneg_default"] = recneg_epochs(split, DEFAULT, args.threads, args.default_epochs)
+    if "lazy" not in skip:
+        print("recneg sparse_adam ...", flush=True)
+        res["recneg_lazy"] = recneg_epochs(split, LAZY, args.threads, args.default_epochs)
     if "implicit" not in skip:
         print("implicit BPR ...", flush=True)
         imp = _peer(
@@ -217,6 +226,7 @@ def main(argv=None) -> int:
 def _summarise(res: dict) -> tuple[list[dict], dict]:
     rows, ratios = [], {}
     rb, de, imp, fa = (res.get(k) for k in ("recbole", "recneg_default", "implicit", "recneg_fast"))
+    lazy = res.get("recneg_lazy")
     if rb:
         rows.append(
             {
@@ -232,6 +242,14 @@ def _summarise(res: dict) -> tuple[list[dict], dict]:
                 "run": "recneg default (Adam, 2048)",
                 "s/epoch": _median(de["epochs"]),
                 "s/eval": de["eval_seconds"],
+            }
+        )
+    if lazy:
+        rows.append(
+            {
+                "run": "recneg sparse_adam (lazy Adam, 2048)",
+                "s/epoch": _median(lazy["epochs"]),
+                "s/eval": lazy["eval_seconds"],
             }
         )
     if imp:
@@ -252,6 +270,10 @@ def _summarise(res: dict) -> tuple[list[dict], dict]:
             de["epochs"]
         )
         ratios["recbole_eval / recneg_eval"] = rb["eval_seconds"] / de["eval_seconds"]
+    if rb and lazy:
+        ratios["recbole_epoch / recneg_sparse_adam_epoch"] = _median(rb["epochs"]) / _median(lazy["epochs"])
+    if imp and lazy:
+        ratios["recneg_sparse_adam_epoch / implicit_epoch"] = _median(lazy["epochs"]) / _median(imp["epochs"])
     if imp and fa:
         ratios["recneg_fast_epoch / implicit_epoch (target <= 1.5)"] = _median(fa["epochs"]) / _median(
             imp["epochs"]
@@ -267,16 +289,26 @@ def _summarise(res: dict) -> tuple[list[dict], dict]:
     return rows, ratios
 
 
+def _portable(argv: list[str]) -> list[str]:
+    """``argv`` with the peers' venv (a machine path) written as ``$PEERS_VENV``."""
+    out = list(argv)
+    for k, a in enumerate(out[:-1]):
+        if a == "--peers-venv":
+            out[k + 1] = "$PEERS_VENV"
+    return [a.split("=", 1)[0] + "=$PEERS_VENV" if a.startswith("--peers-venv=") else a for a in out]
+
+
 def _markdown(res: dict, rows: list[dict], ratios: dict, argv: list[str]) -> str:
     cols = ["run", "s/epoch", "s/eval", "recall@20", "peak recall@20"]
     out = [
         f"# recneg vs peers on {res['split']}",
         "",
-        f"Command: `python -m benchmarks.peers {' '.join(argv)}`",
+        f"Command: `python -m benchmarks.peers {' '.join(_portable(argv))}`",
         "",
         f"Threads: {res['threads']} for every library. Load average before {res['load_avg_before']}, "
         f"after {res['load_avg_after']}. s/epoch is the median over epochs after the first.",
-        f"Default config: {res['default_config']}. Fast config: {res['fast_config']}.",
+        f"Default config: {res['default_config']}. Lazy config: {res.get('lazy_config')}. "
+        f"Fast config: {res['fast_config']}.",
         "",
         f"Machine: {res['machine']}",
         "",

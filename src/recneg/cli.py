@@ -30,6 +30,7 @@ TRAIN_FLAGS = {
     "patience": "patience",
     "topk": "topk",
     "optimizer": "optimizer",
+    "fused_step": "fused_step",
     "metric": "metric",
     "weight_decay": "weight_decay",
     "deterministic": "deterministic",
@@ -92,6 +93,12 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=float)
     g.add_argument("--optimizer", help="adam | adagrad | sparse_adam (mf: updates only the batch's rows)")
+    g.add_argument(
+        "--fused-step",
+        choices=("auto", "off"),
+        help="auto (default): mf + bpr/softbpr + r1 over real-item negatives computes its gradients by hand "
+        "(same maths, faster; with sparse_adam one compiled pass when numba is installed) | off: autograd",
+    )
     g.add_argument("--reg", type=float, help="λ of the regulariser (see --regularizer)")
     g.add_argument(
         "--regularizer",
