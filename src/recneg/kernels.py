@@ -4,36 +4,49 @@ On CPU an MF-BPR step in tensor operations is bound by memory traffic, not arith
 writes a fresh ``[B, d]`` (or ``[B, n, d]``) tensor, and the lazy-Adam update gathers and scatters the
 batch's rows of the table and of both moments. The kernels here walk the batch once instead:
 
-1. :func:`accumulate_bpr_gradients` reads ``e_u, e_i, e_j`` of each pair, adds the gradients of (soft) BPR
+1. ``accumulate_bpr_gradients`` reads ``e_u, e_i, e_j`` of each pair, adds the gradients of (soft) BPR
    and R1 (the formulas of :mod:`recneg.fused_step`) into persistent zeroed scratch tables, and lists
    each distinct touched row once;
-2. :func:`lazy_adam_rows` applies :class:`~recneg.optim.LazyAdam`'s update to those rows, with the
+2. ``lazy_adam_rows`` applies :class:`~recneg.optim.LazyAdam`'s update to those rows, with the
    gradient summed over a row's occurrences, and zeroes the scratch rows again.
 
-The result is LazyAdam's step to float rounding (``tests/test_fused_step.py`` checks it). numba is optional
-(``pip install recneg[fast]``); without it :data:`AVAILABLE` is False and the trainer keeps the tensor path.
+The result is LazyAdam's step to float rounding (``tests/test_fused_step.py`` checks it).
+numba is optional (``pip install recneg[fast]``) and imported on first
+use; without it :data:`AVAILABLE` is False and the tensor paths run (same maths).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from typing import Any
 
 import numpy as np
 import torch
 
-
-def _import_numba() -> Any:
-    try:  # optional: the `fast` extra
-        import numba
-    except ImportError:  # pragma: no cover - exercised where numba is absent
-        return None
-    return numba
+#: whether the compiled kernels can run (numba is installed); numba itself is imported on first use
+AVAILABLE = importlib.util.find_spec("numba") is not None
+numba: Any = None  # the module, once :func:`compiled` has imported it
+_COMPILED: dict[str, Any] = {}
 
 
-numba: Any = _import_numba()
-#: whether the compiled kernels can run (numba is installed)
-AVAILABLE = numba is not None
+def compiled(name: str) -> Any:
+    """The numba-compiled kernel ``name`` (compiled, or loaded from numba's cache, on first use).
+
+    Its threads follow torch's (``TrainConfig.threads``), within what numba launched.
+    """
+    global numba
+    if not _COMPILED:
+        import numba as _numba
+
+        numba = _numba
+        jit = numba.njit(cache=True, nogil=True, parallel=True)
+        _COMPILED.update(
+            accumulate_bpr_gradients=jit(_accumulate_bpr_gradients),
+            lazy_adam_rows=jit(_lazy_adam_rows),
+        )
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    return _COMPILED[name]
 
 
 def _accumulate_bpr_gradients(
@@ -172,13 +185,6 @@ def _lazy_adam_rows(
         seen[row] = 0
 
 
-accumulate_bpr_gradients: Any = None
-lazy_adam_rows: Any = None
-if AVAILABLE:
-    accumulate_bpr_gradients = numba.njit(cache=True, nogil=True, parallel=True)(_accumulate_bpr_gradients)
-    lazy_adam_rows = numba.njit(cache=True, nogil=True, parallel=True)(_lazy_adam_rows)
-
-
 class LazyAdamBPRKernel:
     """Scratch state of the compiled MF + (soft) BPR + R1 + lazy-Adam step for one pair of tables.
 
@@ -212,9 +218,8 @@ class LazyAdamBPRKernel:
 
         Returns the batch loss (the same scalar as the tensor path).
         """
-        assert numba is not None and accumulate_bpr_gradients is not None and lazy_adam_rows is not None
-        # as many threads as torch uses (TrainConfig.threads), within what numba launched
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        accumulate_bpr_gradients = compiled("accumulate_bpr_gradients")
+        lazy_adam_rows = compiled("lazy_adam_rows")
         user_rows = np.empty(len(users), dtype=np.int64)
         item_rows = np.empty(negs.size + len(pos), dtype=np.int64)
         w = weight if weight is not None else np.empty((1, 1), dtype=np.float32)
@@ -245,4 +250,4 @@ class LazyAdamBPRKernel:
         return float(loss)
 
 
-__all__ = ["AVAILABLE", "LazyAdamBPRKernel", "accumulate_bpr_gradients", "lazy_adam_rows"]
+__all__ = ["AVAILABLE", "LazyAdamBPRKernel", "compiled"]
