@@ -42,7 +42,7 @@ from recneg.distributed import (
 )
 from recneg.errors import ConfigError, DataError, RecnegError
 from recneg.eval.ranking import EvalResult, evaluate
-from recneg.fused_step import AUTOGRAD, GRADIENTS, FusedMFStep, fused_step_blocker
+from recneg.fused_step import AUTOGRAD, GRADIENTS, UPDATED, FusedMFStep, fused_step_blocker
 from recneg.logging import make_logger
 from recneg.models.base import Recommender
 from recneg.models.mf import MF
@@ -219,6 +219,7 @@ class Trainer:
         sampler.on_epoch_start(self.epoch, model, self.sample_gen)
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         stats: dict = {}
+        paths: dict[str, int] = {}  # how many steps each path ran (recneg.fused_step)
         steps = 0
         bar = None
         if cfg.progress and self.dist.is_main:
@@ -239,6 +240,8 @@ class Trainer:
             for cb in self.callbacks:
                 if hasattr(cb, "on_batch"):
                     cb.on_batch(self, b, users, pos, view, neg)
+            key = "compiled" if status == UPDATED else "fused" if status == GRADIENTS else "autograd"
+            paths[key] = paths.get(key, 0) + 1
             if status == GRADIENTS:  # the tables' .grad already hold this batch's gradient
                 self.optimizer.step()
                 cast(FusedMFStep, self.fused).clear()
@@ -274,6 +277,7 @@ class Trainer:
             "loss": mean_loss,
             "train_seconds": seconds,
             "pairs_per_second": n / seconds if seconds > 0 else None,
+            "step_paths": paths,
         }
         if stats:
             record["sampler"] = self._mean_over_ranks({k: float(v) / steps for k, v in stats.items()})
