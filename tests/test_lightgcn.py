@@ -102,6 +102,21 @@ def test_pooled_is_mean_of_layers():
     assert view.item_layer_table.shape == (4, 4, 6)
 
 
+def test_layer_tables_are_stacked_only_when_a_sampler_reads_them():
+    """The pooled table is a running sum; the [N, L+1, d] stack is built on first use of the layers."""
+    torch.manual_seed(2)
+    model = LightGCN.from_interactions(tiny(), LightGCNConfig(dim=6, n_layers=2))
+    view = model.view(torch.tensor([0, 2]), torch.tensor([1, 0]))
+    assert view.n_layers == 3 and view._item_layer_table is None  # not built yet
+    stacked = model.propagate()
+    torch.testing.assert_close(view.item_table, stacked[3:].mean(1))
+    torch.testing.assert_close(view.item_layers(torch.tensor([[1, 3]])), stacked[3:][torch.tensor([[1, 3]])])
+    assert view._item_layer_table is not None
+    torch.testing.assert_close(view.user_layers, stacked[:3][torch.tensor([0, 2])])
+    view.item_layers(torch.tensor([[0]])).sum().backward()  # the lazily built stack carries gradient
+    assert model.item_embedding.weight.grad is not None
+
+
 @pytest.mark.parametrize("layout", ["csr", "coo"])
 def test_backward_matches_dense_autograd(layout):
     torch.manual_seed(3)

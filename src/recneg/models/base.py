@@ -6,6 +6,8 @@ directly: they receive a :class:`ModelView` that exposes exactly what they may a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -122,6 +124,9 @@ class TableView(ModelView):
         user_table: ``[n_users, d]`` pooled user table; ``item_table``: ``[n_items, d]``.
         user_ego_table, item_ego_table: layer-0 tables (the same tensors for MF).
         user_layer_table, item_layer_table: optional ``[n, L+1, d]`` per-layer tables.
+        layer_tables: instead of those, a function building them, called once on first use (LightGCN:
+            stacking the layers costs a copy of every layer, which only per-layer samplers need);
+            ``n_layers`` (L + 1) then gives their depth.
         sparse: gather the 2-D tables with row-sparse gradients (see :func:`_rows`); only for a model
             whose tables are its parameters (MF), where every lookup is then sparse.
     """
@@ -138,6 +143,8 @@ class TableView(ModelView):
         item_layer_table: Tensor | None = None,
         model_name: str = "model",
         sparse: bool = False,
+        layer_tables: Callable[[], tuple[Tensor, Tensor]] | None = None,
+        n_layers: int | None = None,
     ):
         super().__init__(users, pos)
         self.sparse = sparse
@@ -145,12 +152,29 @@ class TableView(ModelView):
         self.item_table = item_table
         self.user_ego_table = user_ego_table
         self.item_ego_table = item_ego_table
-        self.user_layer_table = user_layer_table
-        self.item_layer_table = item_layer_table
+        self._user_layer_table = user_layer_table
+        self._item_layer_table = item_layer_table
+        self._layer_tables = layer_tables
         self.model_name = model_name
         self.user_emb = _rows(user_table, users, sparse)
         self.pos_emb = _rows(item_table, pos, sparse)
-        self.n_layers = None if item_layer_table is None else int(item_layer_table.shape[1])
+        self.n_layers = n_layers if item_layer_table is None else int(item_layer_table.shape[1])
+
+    def _build_layer_tables(self) -> None:
+        if self._item_layer_table is None and self._layer_tables is not None:
+            self._user_layer_table, self._item_layer_table = self._layer_tables()
+
+    @property
+    def user_layer_table(self) -> Tensor | None:
+        """``[n_users, L+1, d]`` per-layer user table, built on first use when the model gave a builder."""
+        self._build_layer_tables()
+        return self._user_layer_table
+
+    @property
+    def item_layer_table(self) -> Tensor | None:
+        """``[n_items, L+1, d]`` per-layer item table, built on first use when the model gave a builder."""
+        self._build_layer_tables()
+        return self._item_layer_table
 
     def item_emb(self, ids: Tensor) -> Tensor:
         rows = _rows(self.item_table, ids, self.sparse)

@@ -187,6 +187,17 @@ class LightGCN(Recommender):
 
     def propagate(self) -> Tensor:
         """All layers ``E^(0..L)`` stacked: ``[n_users + n_items, L + 1, d]`` (with gradient if enabled)."""
+        return torch.stack(self._layers(), 1)
+
+    def _pooled(self, layers: list[Tensor]) -> Tensor:
+        """``Σ_l E^(l) / (L + 1)`` ``[N, d]`` by a running sum (no ``[N, L+1, d]`` copy)."""
+        total = layers[0]
+        for x in layers[1:]:
+            total = total + x
+        return total / len(layers)
+
+    def _layers(self) -> list[Tensor]:
+        """``[E^(0), ..., E^(L)]``, each ``[n_users + n_items, d]``."""
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight], 0)
         layers = [ego]
         if self.config.n_layers > 0:
@@ -208,13 +219,22 @@ class LightGCN(Recommender):
                 else:
                     x = self._spmm(adj, x)
                 layers.append(x)
-        return torch.stack(layers, 1)
+        return layers
 
     def view(self, users: Tensor, pos: Tensor) -> TableView:
-        """One training step's view: propagates once; every lookup afterwards is a gather."""
-        layers = self.propagate()  # [N, L+1, d]
-        pooled = layers.mean(1)  # [N, d]
+        """One training step's view: propagates once; every lookup afterwards is a gather.
+
+        The pooled table is a running sum of the layers; the stacked ``[N, L+1, d]`` per-layer tables are
+        built only if a sampler asks for layers (MixGCF, ANS).
+        """
+        layers = self._layers()
+        pooled = self._pooled(layers)  # [N, d]
         n = self.n_users
+
+        def layer_tables() -> tuple[Tensor, Tensor]:
+            stacked = torch.stack(layers, 1)  # [N, L+1, d]
+            return stacked[:n], stacked[n:]
+
         return TableView(
             users,
             pos,
@@ -222,15 +242,15 @@ class LightGCN(Recommender):
             item_table=pooled[n:],
             user_ego_table=self.user_embedding.weight,
             item_ego_table=self.item_embedding.weight,
-            user_layer_table=layers[:n],
-            item_layer_table=layers[n:],
             model_name="lightgcn",
+            layer_tables=layer_tables,
+            n_layers=len(layers),
         )
 
     @torch.no_grad()
     def tables(self) -> tuple[Tensor, Tensor]:
         """Pooled ``(user_table [n_users, d], item_table [n_items, d])`` for evaluation (no gradient)."""
-        pooled = self.propagate().mean(1)
+        pooled = self._pooled(self._layers())
         return pooled[: self.n_users], pooled[self.n_users :]
 
     def extra_repr(self) -> str:
