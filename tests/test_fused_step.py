@@ -122,6 +122,7 @@ def test_blockers_name_what_keeps_the_fused_step_off(small_split):
     assert "r2" in fused_step_blocker(mf, dns, BPRLoss(), "r2", distributed=False)
     assert "none" in fused_step_blocker(mf, dns, BPRLoss(BPRConfig(reduction="none")), "r1", False)
     assert "distributed" in fused_step_blocker(mf, dns, BPRLoss(), "r1", distributed=True)
+    assert "deterministic" in fused_step_blocker(mf, dns, BPRLoss(), "r1", False, deterministic_cuda=True)
     with pytest.raises(ConfigError, match="fused_step"):
         TrainConfig(fused_step="always")
 

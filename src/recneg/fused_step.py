@@ -35,13 +35,18 @@ from recneg.samplers.base import Negatives, Sampler
 
 
 def fused_step_blocker(
-    model: nn.Module, sampler: Sampler, loss_fn: nn.Module, regularizer: str, distributed: bool
+    model: nn.Module,
+    sampler: Sampler,
+    loss_fn: nn.Module,
+    regularizer: str,
+    distributed: bool,
+    deterministic_cuda: bool = False,
 ) -> str | None:
     """Why the hand-written step cannot serve this configuration, or ``None`` when it can.
 
     It needs exactly :class:`~recneg.models.MF` (a subclass may change ``view``), a sampler that declares
-    ``emits_item_rows``, BPR or soft BPR with ``reduction`` mean or sum, the R1 regulariser, and one process
-    (DDP reduces gradients in autograd hooks).
+    ``emits_item_rows``, BPR or soft BPR with ``reduction`` mean or sum, the R1 regulariser, one process
+    (DDP reduces gradients in autograd hooks), and not ``deterministic`` on CUDA.
     """
     if type(model) is not MF:
         return f"model {type(model).__name__} (only mf)"
@@ -55,6 +60,8 @@ def fused_step_blocker(
         return f"regularizer {regularizer} (only r1)"
     if distributed:
         return "distributed training (DDP reduces gradients in autograd hooks)"
+    if deterministic_cuda:
+        return "deterministic on CUDA (the step's index_add_ has no deterministic CUDA kernel)"
     return None
 
 

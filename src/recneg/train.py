@@ -183,7 +183,12 @@ class Trainer:
             "fused_step='off'"
             if cfg.fused_step == "off"
             else fused_step_blocker(
-                self.model, self.sampler, self.loss_fn, cfg.regularizer, self.dist.enabled
+                self.model,
+                self.sampler,
+                self.loss_fn,
+                cfg.regularizer,
+                self.dist.enabled,
+                deterministic_cuda=cfg.deterministic and self.device.type == "cuda",
             )
         )
         self.fused = (
