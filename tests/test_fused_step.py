@@ -176,3 +176,23 @@ def test_trainer_runs_the_compiled_step_for_sparse_adam(small_split):
         config=TrainConfig(**FAST, optimizer="adam"),
     )
     assert adam.fused is not None and not adam.fused.compiled  # dense Adam: the tensor path
+
+
+def test_a_kernel_that_cannot_compile_falls_back_to_the_tensor_path(small_split, monkeypatch):
+    """numba present but failing to compile (an odd platform): one warning, then the same maths in tensors."""
+    pytest.importorskip("numba")
+    from recneg import kernels
+
+    def broken():
+        raise RuntimeError("no LLVM here")
+
+    monkeypatch.setattr(kernels.LazyAdamBPRKernel, "warm_up", staticmethod(broken))
+    (model, sampler), _ = _pair(small_split, "uniform", {}, sparse=True)
+    opt = LazyAdam(list(model.parameters()), lr=0.05)
+    fused = FusedMFStep(model, sampler, BPRLoss(), 1e-4, opt)
+    users, pos = torch.as_tensor(small_split.train.users[:20]), torch.as_tensor(small_split.train.items[:20])
+    with pytest.warns(RuntimeWarning, match="no LLVM here"):
+        status = fused(users, pos, torch.Generator().manual_seed(0))[3]
+    assert status == GRADIENTS and not fused.compiled
+    assert model.item_embedding.weight.grad.is_sparse
+    assert fused(users, pos, torch.Generator().manual_seed(1))[3] == GRADIENTS  # no second warning needed

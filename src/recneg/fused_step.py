@@ -23,6 +23,8 @@ which :mod:`tests.test_fused_step` checks against autograd. A batch whose negati
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 
@@ -116,6 +118,7 @@ class FusedMFStep:
         self._buffers: dict[int, Tensor] = {}
         self._touched: list[tuple[Tensor, Tensor]] = []
         self._kernel: kernels.LazyAdamBPRKernel | None = None
+        self._kernel_error: str | None = None  # why the compiled kernel could not be built here
 
     @property
     def compiled(self) -> bool:
@@ -123,6 +126,7 @@ class FusedMFStep:
         tables = (self.model.user_embedding.weight, self.model.item_embedding.weight)
         return (
             kernels.AVAILABLE
+            and self._kernel_error is None
             and isinstance(self.optimizer, LazyAdam)
             and self.model.sparse_gradients
             and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tables)
@@ -140,16 +144,33 @@ class FusedMFStep:
                 loss = loss + neg.aux_loss
             return loss, view, neg, AUTOGRAD
         with torch.no_grad():
-            if self.compiled:
+            if self.compiled and self._kernel_ready():
                 return self._compiled_step(users, pos, neg), view, neg, UPDATED
             loss = self._write_gradients(users, pos, view, neg)
         return loss, view, neg, GRADIENTS
 
-    def _compiled_step(self, users: Tensor, pos: Tensor, neg: Negatives) -> Tensor:
-        assert isinstance(self.optimizer, LazyAdam) and neg.ids is not None
-        user_table, item_table = self.model.user_embedding.weight, self.model.item_embedding.weight
+    def _kernel_ready(self) -> bool:
+        """Build the kernel's scratch once; if numba cannot compile here, warn and keep the tensor path."""
         if self._kernel is None:
-            self._kernel = kernels.LazyAdamBPRKernel(len(user_table), len(item_table), user_table.shape[1])
+            try:
+                kernels.LazyAdamBPRKernel.warm_up()
+            except Exception as exc:  # numba's errors have no common base; any failure means "not here"
+                self._kernel_error = f"{type(exc).__name__}: {exc}"
+                warnings.warn(
+                    f"the compiled sparse_adam step could not be built ({self._kernel_error}); training goes "
+                    f"on with the tensor path (same maths, slower)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                return False
+            table = self.model.user_embedding.weight
+            n_items = self.model.item_embedding.weight.shape[0]
+            self._kernel = kernels.LazyAdamBPRKernel(len(table), n_items, table.shape[1])
+        return True
+
+    def _compiled_step(self, users: Tensor, pos: Tensor, neg: Negatives) -> Tensor:
+        assert isinstance(self.optimizer, LazyAdam) and neg.ids is not None and self._kernel is not None
+        user_table, item_table = self.model.user_embedding.weight, self.model.item_embedding.weight
         adam = []
         for table in (user_table, item_table):
             table.grad = None  # the update below replaces the optimiser's step

@@ -204,6 +204,33 @@ class LazyAdamBPRKernel:
         self.user_seen = np.zeros(n_users, dtype=np.uint8)
         self.item_seen = np.zeros(n_items, dtype=np.uint8)
 
+    @staticmethod
+    def warm_up() -> None:
+        """Compile both kernels for the types :meth:`step` passes (float32 tables, int64 ids) on tiny inputs.
+
+        Raises whatever numba raises when it cannot compile here; the caller then keeps the tensor path.
+        """
+        table = np.zeros((2, 2), dtype=np.float32)
+        ids = np.zeros(1, dtype=np.int64)
+        kernel = LazyAdamBPRKernel(2, 2, 2)
+        state = [(np.zeros_like(table), np.zeros_like(table), 1e-3, 1.0) for _ in range(2)]
+        for weight in (None, np.ones((1, 1), dtype=np.float32)):
+            kernel.step(
+                table,
+                table.copy(),
+                ids,
+                ids,
+                ids.reshape(1, 1),
+                weight,
+                1.0,
+                1.0,
+                0.0,
+                state,
+                0.9,
+                0.999,
+                1e-8,
+            )
+
     def step(
         self,
         user_table: np.ndarray,
