@@ -48,7 +48,9 @@ def render(runs: list[tuple[Path, dict]]) -> str:
     ]
     for folder, data in runs:
         for v in data["verdicts"]:
-            verdict = "held" if v["held"] else "did not hold"
+            verdict = (
+                "n/a (no trend to test)" if v["held"] is None else "held" if v["held"] else "did not hold"
+            )
             lines.append(f"| [{folder.name}](#{folder.name}) | {v['claim']} | {verdict} |")
     for folder, _ in runs:
         report = (folder / "report.md").read_text(encoding="utf-8")
