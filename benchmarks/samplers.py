@@ -49,6 +49,9 @@ GRIDS = {
         "ans-no-gain": ("mf", {}, "ans", {"use_gain": False}, "bpr", {}),
         "ans-no-direction": ("mf", {}, "ans", {"regulate_direction": False}, "bpr", {}),
         "ans-no-magnitude": ("mf", {}, "ans", {"regulate_magnitude": False}, "bpr", {}),
+        # the ANS code's regulariser: RecBole's EmbLoss over the whole pool, reg_weight 1e-5 (ALGORITHMS §1.3)
+        "ans-r2": ("mf", {}, "ans", {}, "bpr", {}, {"regularizer": "r2", "reg": 1e-5}),
+        "dns-16-r2": ("mf", {}, "dns", {"n_candidates": 16}, "bpr", {}, {"regularizer": "r2", "reg": 1e-5}),
     },
 }
 
@@ -63,7 +66,8 @@ def run_one(job: dict) -> dict:
     from recneg.config import ComponentConfig, DataConfig, RunConfig, TrainConfig
     from recneg.runner import run
 
-    model, model_args, sampler, sampler_args, loss, loss_args = job["spec"]
+    model, model_args, sampler, sampler_args, loss, loss_args, *extra = job["spec"]
+    train_extra = extra[0] if extra else {}  # per-config TrainConfig settings (regularizer, reg)
     cfg = RunConfig(
         data=DataConfig(
             dataset=job["dataset"],
@@ -84,6 +88,7 @@ def run_one(job: dict) -> dict:
             threads=1,
             progress=False,
             topk=(10, 15, 20, 50),
+            **train_extra,
         ),
     )
     t0 = time.perf_counter()
