@@ -212,6 +212,13 @@ def main(argv=None) -> int:
     if "fast" not in skip:
         print("recneg fast ...", flush=True)
         res["recneg_fast"] = recneg_epochs(split, fast, args.threads, args.fast_epochs, args.fast_every)
+    repo = Path(__file__).resolve().parents[1]
+    for part in (
+        "recbole",
+        "implicit",
+    ):  # record the data folder relative to the repository, not this machine
+        if isinstance(res.get(part), dict) and "data" in res[part]:
+            res[part]["data"] = os.path.relpath(res[part]["data"], repo)
     res["load_avg_after"] = os.getloadavg()
     res["peak_rss_mb"] = peak_rss_mb()
     rows, ratios = _summarise(res)
