@@ -26,6 +26,7 @@ import recneg
 from benchmarks.common import DEFAULT_DATA, machine_stamp, md_table, peak_rss_mb, write_results
 from recneg.config import TrainConfig
 from recneg.data.datasets import load_dataset
+from recneg.fused_step import AUTOGRAD, GRADIENTS
 from recneg.losses import l2_regularization
 
 CONFIGS = {
@@ -92,9 +93,9 @@ class Runner:
         u, p = self.users[idx], self.items[idx]
         if self.fused is not None:  # the trainer's hand-written MF step (recneg.fused_step)
             _, _, _, status = self.fused(u, p, self.gen)
-            if status == "autograd":
+            if status == AUTOGRAD:
                 raise RuntimeError("the fused step fell back to autograd: this benchmark times one path")
-            if status == "gradients":
+            if status == GRADIENTS:
                 self.opt.step()
                 self.fused.clear()
             return
