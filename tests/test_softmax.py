@@ -57,6 +57,49 @@ def test_shared_negatives_match_hand_computation():
             assert got[b].item() == pytest.approx(want, rel=1e-5)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("normalize,correct_positive", [(False, False), (True, False), (False, True)])
+def test_fused_shared_path_equals_the_per_row_path(reduction, normalize, correct_positive):
+    """Shared negatives take the fused autograd.Function; the same set repeated per row takes autograd.
+
+    Value and every gradient (queries, positives, negatives) must agree, with masks (a fully masked row
+    included), a log Q of each shape and a positive logit far above the negatives (stability).
+    """
+    g = torch.Generator().manual_seed(7)
+    n_rows, n, d = 6, 9, 4
+    for log_q_shape in ((n,), (n_rows, n), None):
+        u = torch.randn(n_rows, d, generator=g, dtype=torch.float64)
+        p = torch.randn(n_rows, d, generator=g, dtype=torch.float64)
+        v = torch.randn(n, d, generator=g, dtype=torch.float64)
+        u[0] *= 30.0  # large logits: exp would overflow without the max shift
+        mask = torch.rand(n_rows, n, generator=g) < 0.3
+        mask[1] = True  # only the positive is left in row 1
+        log_q = None if log_q_shape is None else torch.randn(*log_q_shape, generator=g, dtype=torch.float64)
+        pos_log_q = torch.randn(n_rows, generator=g, dtype=torch.float64)
+        grads, values = [], []
+        for shared in (True, False):
+            uu, pp, vv = (t.clone().requires_grad_(True) for t in (u, p, v))
+            emb = vv if shared else vv.unsqueeze(0).expand(n_rows, n, d)
+            neg = BatchNegatives(emb=emb, log_q=log_q, mask=mask, pos_log_q=pos_log_q)
+            assert neg.shared is shared
+            loss = sampled_softmax_loss(
+                uu,
+                pp,
+                neg,
+                temperature=0.3,
+                normalize=normalize,
+                correct_positive=correct_positive and log_q is not None,
+                reduction=reduction,
+            )
+            assert torch.isfinite(loss).all()
+            loss.sum().backward() if reduction == "none" else loss.backward()
+            values.append(loss.detach())
+            grads.append([uu.grad, pp.grad, vv.grad])
+        torch.testing.assert_close(values[0], values[1], rtol=1e-10, atol=1e-10)
+        for a, b in zip(*grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
 def test_per_row_negatives_are_a_sampled_softmax():
     torch.manual_seed(0)
     u, p, e = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 5, 4)

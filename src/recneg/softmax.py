@@ -51,6 +51,45 @@ from recneg.samplers.base import Negatives
 
 
 # --------------------------------------------------------------------------------------------- loss
+class _SharedSoftmaxRows(torch.autograd.Function):
+    """Per-row cross-entropy over one shared negative set, in few passes over the ``[B, n]`` logits.
+
+    ``ℓ_b = log(e^{s_b} + Σ_j e^{x_bj}) − s_b`` with ``x = Q Vᵀ − log Q``, masked entries at the dtype's most
+    negative value. The same value as steps 2–5 of :func:`sampled_softmax_loss`, but the logits are built,
+    corrected, masked and exponentiated in place in one buffer, which backward reuses:
+    ``∂ℓ_b/∂x_bj = e^{x_bj − M_b} / S_b`` (the softmax), so ``∂ℓ/∂Q = G V`` and ``∂ℓ/∂V = Gᵀ Q`` with
+    ``G = diag(g) · softmax``. Autograd's version makes ~20 passes over ``[B, n]`` (sub, masked_fill, the
+    logsumexp and their backwards, each with its own buffer); this one makes 6 plus the three matmuls.
+
+    Shape: ``q [B, d]`` (queries already divided by ``τ``), ``v [n, d]``, ``pos [B]`` (positive logits, on the
+    same scale), ``log_q [n]`` or ``[B, n]`` or ``None``, ``mask [B, n]`` bool or ``None`` -> ``[B]``.
+    """
+
+    @staticmethod
+    def forward(ctx, q, v, pos, log_q, mask):  # type: ignore[override]
+        x = q @ v.T  # [B, n]
+        if log_q is not None:
+            x.sub_(log_q)
+        if mask is not None:
+            x.masked_fill_(mask, torch.finfo(x.dtype).min)
+        top = torch.maximum(x.amax(dim=1), pos)  # M_b, over the positive and the negatives
+        x.sub_(top.unsqueeze(1)).exp_()  # e^{x_bj − M_b}; masked entries underflow to exactly 0
+        pos_term = (pos - top).exp()
+        total = x.sum(dim=1) + pos_term  # S_b
+        ctx.save_for_backward(q, v, x, total, pos_term)
+        return total.log() + top - pos
+
+    @staticmethod
+    def backward(ctx, grad_rows):  # type: ignore[override]
+        q, v, x, total, pos_term = ctx.saved_tensors
+        scale = grad_rows / total  # [B]
+        weights = x * scale.unsqueeze(1)  # G [B, n]
+        grad_q = weights @ v if ctx.needs_input_grad[0] else None
+        grad_v = weights.T @ q if ctx.needs_input_grad[1] else None
+        grad_pos = grad_rows * (pos_term / total - 1.0) if ctx.needs_input_grad[2] else None
+        return grad_q, grad_v, grad_pos, None, None
+
+
 def sampled_softmax_loss(
     user_emb: Tensor,
     pos_emb: Tensor,
@@ -84,6 +123,17 @@ def sampled_softmax_loss(
             )
         user_emb, pos_emb = F.normalize(user_emb, dim=-1), F.normalize(pos_emb, dim=-1)
         neg = dataclasses.replace(neg, emb=F.normalize(neg.emb, dim=-1))
+    if neg.score is None and neg.pos_score is None and neg.shared:
+        # one [n, d] set for every row: the fused path (same value and gradient, far fewer [B, n] passes)
+        query = user_emb / temperature  # ⟨u/τ, v⟩ = ⟨u, v⟩/τ: scale [B, d], not [B, n]
+        pos = (query * pos_emb).sum(-1)
+        log_q = None
+        if logq_correction and neg.log_q is not None:
+            log_q = neg.log_q.detach().to(query.dtype)
+            if correct_positive:
+                pos = pos - _positive_log_q(neg).to(pos.dtype)
+        per_row = _SharedSoftmaxRows.apply(query, neg.emb, pos, log_q, neg.mask)
+        return _reduce(per_row, reduction)
     if neg.score is None and neg.pos_score is None:
         # ⟨u/τ, v⟩ = ⟨u, v⟩/τ: scale the [B, d] queries instead of the [B, n] logits (one pass fewer)
         pos, negs = pair_scores(user_emb / temperature, pos_emb, neg)  # [B], [B, n]
@@ -93,19 +143,24 @@ def sampled_softmax_loss(
     if logq_correction and neg.log_q is not None:
         negs = negs - neg.log_q.detach().to(negs.dtype)
         if correct_positive:
-            pos_log_q = getattr(neg, "pos_log_q", None)
-            if pos_log_q is None:
-                raise ConfigError(
-                    "softmax loss: correct_positive=true needs the positive's log Q, which this sampler "
-                    "does not provide (use in_batch, mns, uniform_corpus or popularity_corpus, or "
-                    "correct_positive=false)"
-                )
-            pos = pos - pos_log_q.detach().to(pos.dtype)
+            pos = pos - _positive_log_q(neg).to(pos.dtype)
     if neg.mask is not None:
         negs = negs.masked_fill(neg.mask, torch.finfo(negs.dtype).min)
     # class 0 = the positive: logsumexp(s_b, s_b1..s_bn) = logaddexp(s_b, logsumexp_j s_bj) (no [B, n+1] copy)
     per_row = torch.logaddexp(pos, torch.logsumexp(negs, -1)) - pos
     return _reduce(per_row, reduction)
+
+
+def _positive_log_q(neg: Negatives) -> Tensor:
+    """``log Q`` of each row's positive ``[B]`` (detached), or a :class:`ConfigError` naming the fix."""
+    pos_log_q = getattr(neg, "pos_log_q", None)
+    if pos_log_q is None:
+        raise ConfigError(
+            "softmax loss: correct_positive=true needs the positive's log Q, which this sampler "
+            "does not provide (use in_batch, mns, uniform_corpus or popularity_corpus, or "
+            "correct_positive=false)"
+        )
+    return pos_log_q.detach()
 
 
 @dataclass(frozen=True)
