@@ -543,3 +543,74 @@ def test_dens_gamma_zero_has_no_aux_loss(train):
     s = dens(train, gamma=0.0)
     neg = s(users, pos, view, gen())
     assert float(neg.aux_loss) == 0.0 and "loss_gate" not in neg.stats
+
+
+# ------------------------------------------------------------------------------ lean forward vs reference
+def _reference_forward(s: ANSSampler, users, pos, view, generator):
+    """ANS written the plain way: :meth:`augment` over the whole pool with gradient, gather the choice.
+
+    The sampler's forward keeps autograd to what the losses need (and rebuilds the chosen candidate's Δ
+    with its gradient); this is what it must equal. Returns ``(emb [B, 1, d], aux, stats-like dict)``.
+    """
+    cfg = s.config
+    pool = uniform_pool(s.positives("cpu"), users, cfg.n_candidates, generator, cfg.exclude_positives)
+    e_u, e_p, e_n = recneg.samplers.ans.layer_tensors(view, pool, s.per_layer(view))
+    a = s.augment(e_u, e_p, e_n, generator)
+    eps = cfg.eps if cfg.use_gain else 0.0
+    with torch.no_grad():
+        s_aug = torch.einsum("bld,bmld->bml", e_u, a.aug)
+        s_orig = torch.einsum("bld,bmld->bml", e_u, e_n)
+        gain = s_aug - s_orig
+        idx = (s_aug + eps * gain).argmax(dim=1)
+    chosen = recneg.samplers.ans._gather_candidates(a.aug, idx)
+    if cfg.gamma > 0 and cfg.disentangle:
+        l_c, l_d = s.aux_losses(e_u, a)
+        aux = cfg.gamma * (l_c + l_d)
+    else:
+        aux = e_u.new_zeros(())
+    gain_c = gain.gather(1, idx.unsqueeze(1)).squeeze(1)
+    return chosen.mean(1, keepdim=True), aux, {"aug_gain_mean": float(gain_c.mean())}
+
+
+@pytest.mark.parametrize("n_layers", [1, 3])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"mode": "code"},
+        {"mode": "paper", "noise_scale": 0.5},
+        {"mode": "code", "gamma": 0.0},
+        {"mode": "paper", "gamma": 0.0, "noise_scale": 0.5},
+        {"mode": "code", "detach_margin": True},
+        {"disentangle": False},
+        {"regulate_magnitude": False},
+        {"regulate_direction": False, "mode": "paper"},
+        {"use_gain": False},
+        {"augment": False},
+    ],
+    ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()),
+)
+def test_forward_equals_the_plain_autograd_reference(train, n_layers, kw):
+    """Same negative, auxiliary loss and gain, and the same gradient for every table and sampler weight."""
+    users, pos = batch()
+    kw = {"gamma": 0.2, **kw}
+    results = []
+    for reference in (False, True):
+        tables = Tables(n_layers=n_layers, seed=4)
+        view = tables.view(users, pos)
+        s = ans(train, n_candidates=7, **kw)
+        if reference:
+            emb, aux, stats = _reference_forward(s, users, pos, view, gen(9))
+        else:
+            neg = s(users, pos, view, gen(9))
+            emb, aux, stats = neg.emb, neg.aux_loss, neg.stats
+        loss = bpr_loss(view.user_emb, view.pos_emb, recneg.samplers.base.Negatives(emb=emb)) + aux
+        loss.backward()
+        grads = [tables.user_layers.grad, tables.item_layers.grad]
+        grads += [p.grad if p.grad is not None else torch.zeros_like(p) for p in s.parameters()]
+        results.append((emb.detach(), aux.detach(), stats["aug_gain_mean"], grads))
+    (emb0, aux0, gain0, grads0), (emb1, aux1, gain1, grads1) = results
+    torch.testing.assert_close(emb0, emb1)
+    torch.testing.assert_close(aux0, aux1)
+    assert gain0 == pytest.approx(gain1, rel=1e-5, abs=1e-6)
+    for g0, g1 in zip(grads0, grads1, strict=True):
+        torch.testing.assert_close(g0, g1, rtol=1e-5, atol=1e-6)

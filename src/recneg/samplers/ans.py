@@ -305,6 +305,15 @@ class ANSSampler(Sampler):
             return view.n_layers is not None
         return self.config.selection == "per_layer"
 
+    def gate(self, e_u: Tensor, e_n: Tensor) -> Tensor:
+        """Gate ``g = σ((W_item e_n + b_i) ⊙ (W_user e_u + b_u))`` (Eq. 3); ``1/2`` without disentangling.
+
+        Shape: ``e_u [B, L', d]``, ``e_n [B, M, L', d]`` -> ``[B, M, L', d]``.
+        """
+        if self.config.disentangle:
+            return torch.sigmoid(self.item_gate(e_n) * self.user_gate(e_u).unsqueeze(1))
+        return torch.full_like(e_n, 0.5)
+
     def margin(self, hard_neg: Tensor, hard_pos: Tensor) -> Tensor:
         """Margin ``κ [..., 1]`` (Eq. 10): ``σ(1/(w·x + b))`` (code) or ``σ(w·x + b)`` (paper).
 
@@ -325,10 +334,7 @@ class ANSSampler(Sampler):
             :class:`ANSAugmentation`.
         """
         cfg = self.config
-        if cfg.disentangle:
-            gate = torch.sigmoid(self.item_gate(e_n) * self.user_gate(e_u).unsqueeze(1))
-        else:
-            gate = torch.full_like(e_n, 0.5)
+        gate = self.gate(e_u, e_n)
         hard_neg = gate * e_n
         easy_neg = e_n - hard_neg
         pos = e_p.unsqueeze(1)
@@ -377,6 +383,93 @@ class ANSSampler(Sampler):
         return l_c, l_d
 
     # ---------------------------------------------------------------------------------------- forward
+    def _augment_and_select(self, e_u: Tensor, e_p: Tensor, e_n: Tensor, generator):
+        """:meth:`augment` and the selection (Eqs. 12–13), with autograd kept to what the losses need.
+
+        The same values as :meth:`augment` (the same operations, in the same order, drawing the same random
+        numbers), but only the factors that ``L_c``/``L_d`` differentiate carry gradient, and only when those
+        losses are on; direction, margin, ``Δ`` and ``ẽ_n`` of the whole pool serve only the (detached)
+        selection. BPR's gradient through the chosen candidate is rebuilt by :meth:`_chosen_negative`.
+
+        Returns:
+            ``(a, idx [B, L'], chosen_gain [B, L'], base)``: an :class:`ANSAugmentation` whose factors carry
+            gradient when the auxiliary losses need it, the chosen candidate per layer, its gain, and the
+            noise ``Δ`` is built from (see :meth:`_chosen_negative`).
+        """
+        cfg = self.config
+        need_aux = cfg.gamma > 0 and cfg.disentangle
+        pos = e_p.unsqueeze(1)
+        with torch.set_grad_enabled(need_aux and torch.is_grad_enabled()):
+            gate = self.gate(e_u, e_n)
+            hard_neg = gate * e_n
+            easy_neg = e_n - hard_neg
+            hard_pos = gate * pos
+            easy_pos = pos - hard_pos
+        with torch.no_grad():
+            e_n0, pos0 = e_n.detach(), pos.detach()
+            shape, device, dtype = e_n.shape, e_n.device, e_n.dtype
+            if cfg.regulate_direction:
+                direction = torch.sign(pos0 - e_n0)  # Eq. 9 through z_p − z_n = (1 − g) ⊙ (e_p − e_n)
+            else:
+                bits = torch.randint(0, 2, shape, device=device, generator=generator)
+                direction = (bits * 2 - 1).to(dtype)
+            kappa = base = None
+            if not cfg.augment:
+                delta = torch.zeros_like(e_n0)
+                aug = e_n0
+            else:
+                if cfg.regulate_magnitude:
+                    kappa = self.margin(hard_neg.detach(), hard_pos.detach())
+                noise = torch.rand(shape, device=device, generator=generator, dtype=dtype)
+                if cfg.mode == "code":
+                    base = F.normalize(noise, p=2.0, dim=-1)
+                    delta = cfg.noise_scale * base if kappa is None else cfg.noise_scale * kappa * base
+                else:
+                    base = cfg.noise_scale * noise
+                    delta = base if kappa is None else torch.minimum(base, kappa)
+                aug = e_n0 + direction * delta
+            a = ANSAugmentation(gate, hard_neg, easy_neg, hard_pos, easy_pos, direction, kappa, delta, aug)
+            eps = cfg.eps if cfg.use_gain else 0.0
+            eu = e_u.detach()
+            s_aug = torch.einsum("bld,bmld->bml", eu, aug)
+            s_orig = torch.einsum("bld,bmld->bml", eu, e_n0)
+            gain = s_aug - s_orig
+            idx = (s_aug + eps * gain).argmax(dim=1)  # [B, L'] candidate chosen per layer (Eq. 13)
+            chosen_gain = gain.gather(1, idx.unsqueeze(1)).squeeze(1)  # [B, L']
+        return a, idx, chosen_gain, base
+
+    def _chosen_negative(
+        self, e_u: Tensor, e_p: Tensor, e_n: Tensor, a: ANSAugmentation, idx: Tensor, base: Tensor | None
+    ) -> Tensor:
+        """``ẽ_n = e_n + dir ⊙ Δ`` of the chosen candidates ``[B, L', d]``, with BPR's gradient.
+
+        ``e_n`` reaches the loss directly and, with a learned margin, through ``κ = margin(g ⊙ e_n, g ⊙ e_p)``
+        (as do the gate's parameters and ``e_u``, unless ``detach_margin``); ``dir`` and the noise are
+        constants. ``base [B, M, L', d]``: the noise ``Δ`` is built from (``u/‖u‖`` in code mode, ``Δ₀`` in
+        paper mode), or ``None`` when ``Δ`` has no learned cap.
+        """
+        cfg = self.config
+        e_nc = _gather_candidates(e_n, idx)
+        if not cfg.augment:
+            return e_nc
+        direction = _gather_candidates(a.direction, idx)
+        if a.margin is None or base is None:
+            return e_nc + direction * _gather_candidates(a.delta, idx)
+        if cfg.detach_margin or not torch.is_grad_enabled():
+            cap = _gather_candidates(a.margin, idx)
+        else:
+            if a.gate.requires_grad:
+                g_c = _gather_candidates(a.gate, idx)
+            else:  # the gate of the chosen rows only, with gradient (to e_n, e_u and the gate's weights)
+                g_c = self.gate(e_u, e_nc.unsqueeze(1)).squeeze(1)
+            cap = self.margin(g_c * e_nc, g_c * e_p)  # [B, L', 1]
+        base_c = _gather_candidates(base, idx)
+        if cfg.mode == "code":
+            delta = cfg.noise_scale * cap * base_c
+        else:
+            delta = torch.minimum(base_c, cap)
+        return e_nc + direction * delta
+
     def forward(self, users: Tensor, pos: Tensor, view: ModelView, generator=None) -> Negatives:
         cfg = self.config
         _check_dim(view, cfg.dim, "ANSConfig")
@@ -384,22 +477,16 @@ class ANSSampler(Sampler):
         pool = uniform_pool(index, users, cfg.n_candidates, generator, cfg.exclude_positives)  # [B, M]
         per_layer = self.per_layer(view)
         e_u, e_p, e_n = layer_tensors(view, pool, per_layer)  # [B, L', d], [B, L', d], [B, M, L', d]
-        a = self.augment(e_u, e_p, e_n, generator)
-
-        eps = cfg.eps if cfg.use_gain else 0.0
+        a, idx, chosen_gain, base = self._augment_and_select(e_u, e_p, e_n, generator)
         with torch.no_grad():
-            eu = e_u.detach()
-            s_aug = torch.einsum("bld,bmld->bml", eu, a.aug.detach())
-            s_orig = torch.einsum("bld,bmld->bml", eu, e_n.detach())
-            gain = s_aug - s_orig
-            idx = (s_aug + eps * gain).argmax(dim=1)  # [B, L'] candidate chosen per layer (Eq. 13)
             chosen_ids = pool.gather(1, idx)  # [B, L'] source item per layer
-            # DNS on the same pool, argmax_m <ē_u, ē_n>; with one layer that score is s_orig itself
-            dns_scores = s_orig[..., 0] if s_orig.shape[-1] == 1 else view.score(pool)
+            # DNS on the same pool, argmax_m <ē_u, ē_n>; with one layer that score is ⟨e_u, e_n⟩ itself
+            if e_n.shape[2] == 1:
+                dns_scores = torch.einsum("bld,bmld->bml", e_u.detach(), e_n.detach())[..., 0]
+            else:
+                dns_scores = view.score(pool)
             dns_ids = pool.gather(1, dns_scores.argmax(dim=1, keepdim=True))  # [B, 1]
-            chosen_gain = gain.gather(1, idx.unsqueeze(1)).squeeze(1)  # [B, L']
-
-        chosen = _gather_candidates(a.aug, idx)  # [B, L', d] with gradient
+        chosen = self._chosen_negative(e_u, e_p, e_n, a, idx, base)  # [B, L', d] with gradient
         emb = chosen.mean(dim=1, keepdim=True)  # [B, 1, d]: pooled (mean over layers) hop-mixed negative
         n_layers = int(idx.shape[1])
         ids = chosen_ids if n_layers == 1 else None
