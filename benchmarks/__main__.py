@@ -9,8 +9,9 @@ Run from the repository root with ../shared/data present and nothing else runnin
 Parts (each also runs alone, see its module): ``benchmarks.epoch_time`` (ms per step, pairs/s, negatives
 drawn/s, extrapolated epoch time and the ratio to uniform for every sampler, MF and LightGCN; CUDA peak
 memory), ``benchmarks.eval_time`` (full-ranking evaluation against a bare matmul + top-k; peak RSS),
-``benchmarks.peers`` (RecBole and implicit). Every result file is stamped with the machine, the thread count
-and the versions; ``benchmarks/results/suite.md`` lists what this run wrote.
+``benchmarks.softmax_loss`` (the fused sampled softmax of the two-tower samplers against its autograd
+composition), ``benchmarks.peers`` (RecBole and implicit). Every result file is stamped with the machine,
+the thread count and the versions; ``benchmarks/results/suite.md`` lists what this run wrote.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import argparse
 import sys
 import time
 
-from benchmarks import epoch_time, eval_time, peers
+from benchmarks import epoch_time, eval_time, peers, softmax_loss
 from benchmarks.common import RESULTS
 
 
@@ -58,6 +59,9 @@ def main(argv=None) -> int:
             written.append(f"epoch_time_{ds}" + ("" if opt == "adam" else f"_{opt}"))
         eval_time.main(["--dataset", ds, *common, "--rounds", str(args.rounds), "--device", args.device])
         written.append(f"eval_time_{ds}")
+    if args.device in ("auto", "cpu"):  # the fused sampled softmax against its autograd composition
+        softmax_loss.main(["--threads", str(args.threads)])
+        written.append("softmax_loss")
     if args.peers_venv:
         peers.main(["--peers-venv", args.peers_venv, *data, "--threads", str(args.threads)])
         written.append("peers_gowalla")

@@ -52,6 +52,7 @@ CONFIGS = {
     "mns-256": ("twotower", TOWER, "mns", {"n_uniform": 256}, "softmax", SOFTMAX, {}),
     "mns-1024": ("twotower", TOWER, "mns", {"n_uniform": 1024}, "softmax", SOFTMAX, {}),
     "mns-4096": ("twotower", TOWER, "mns", {"n_uniform": 4096}, "softmax", SOFTMAX, {}),
+    "mns-8192": ("twotower", TOWER, "mns", {"n_uniform": 8192}, "softmax", SOFTMAX, {}),
     "uniform_corpus-2048": (
         "twotower",
         TOWER,
@@ -100,12 +101,21 @@ ALL_CONFIGS = {**CONFIGS, **ANN_CONFIGS}
 PARTS = ("main", "cold")
 
 
-def load_part(part: str, data_dir: str):
+# side features each dataset brings (recneg.data.features.dataset_features), for the report
+FEATURES = {
+    "ml-100k": "user: age bucket, gender, occupation, zip region; item: genres, decade",
+    "lastfm-hetrec2011": "item: the artist's tags (multi-hot, from user_taggedartists.dat); no user features",
+}
+# B′ = 8192 exceeds ml-100k's catalogue five times over: not a meaningful point there
+SKIP = {"ml-100k": {"mns-8192"}}
+
+
+def load_part(part: str, data_dir: str, dataset: str = "ml-100k"):
     from recneg.data.datasets import load_dataset
     from recneg.eval.buckets import cold_start_split
 
     split = load_dataset(
-        "ml-100k", data_dir=data_dir, split="random", valid_ratio=0.1, test_ratio=0.1, seed=0, download=False
+        dataset, data_dir=data_dir, split="random", valid_ratio=0.1, test_ratio=0.1, seed=0, download=False
     )
     if part == "cold":
         cold = cold_start_split(split, cold_ratio=0.1, test_ratio=0.1, valid_ratio=0.1, seed=0)
@@ -139,14 +149,15 @@ def run_one(job: dict) -> dict:
     overrides = dict(overrides)
     is_mf = overrides.pop("mf", False)
     part, seed = job["part"], job["seed"]
-    split = load_part(part, job["data_dir"])
+    dataset = job.get("dataset", "ml-100k")
+    split = load_part(part, job["data_dir"], dataset)
     model_args = dict(model_args)
     if part == "cold" and model_name == "twotower":
         model_args["use_item_id"] = False
     torch.manual_seed(seed)
     model = recneg.build_model(model_name, split.train, **model_args)
     if model_name == "twotower":
-        model.with_features(*dataset_features("ml-100k", job["data_dir"], split.train))
+        model.with_features(*dataset_features(dataset, job["data_dir"], split.train))
     sampler = recneg.build_sampler(sampler_name, **sampler_args)
     loss = recneg.build_loss(loss_name, **loss_args)
     train_kw = dict(
@@ -169,6 +180,7 @@ def run_one(job: dict) -> dict:
     wall = time.perf_counter() - t0
     row = {
         "config": job["config"],
+        "dataset": dataset,
         "part": part,
         "seed": seed,
         "model": model_name,
@@ -321,8 +333,9 @@ def markdown(summary: list[dict], commands: list[str], stamp: dict, meta: dict) 
                 "s/epoch": _fmt(s["seconds_per_epoch"], 1),
             }
         )
+    dataset = meta.get("dataset", "ml-100k")
     head = [
-        "# Two-tower: in-batch vs MNS vs uniform-corpus sampled softmax vs MF+uniform BPR (ml-100k)",
+        f"# Two-tower: in-batch vs MNS vs uniform-corpus sampled softmax vs MF+uniform BPR ({dataset})",
         "",
         "Commands (in order; finished runs are reused, so each call re-summarises every run):",
         "",
@@ -331,8 +344,8 @@ def markdown(summary: list[dict], commands: list[str], stamp: dict, meta: dict) 
         f"Machine: {stamp['platform']}, torch {stamp['torch']}, 1 thread per run, {stamp['date']}.",
         "",
         (
-            f"Protocol: ml-100k, every rating a positive, random per-user 80/10/10 split (seed 0); side "
-            f"features (user: age bucket, gender, occupation, zip region; item: genres, decade). Two-tower "
+            f"Protocol: {dataset}, every interaction a positive, random per-user 80/10/10 split (seed 0); "
+            f"side features ({FEATURES[dataset]}). Two-tower "
             f"hidden {list(TOWER['hidden'])}, softmax loss with L2-normalised embeddings and τ = "
             f"{SOFTMAX['temperature']}, logQ correction (count scale, per-item mixture for MNS, positive "
             f"uncorrected: MNS Eq. 5), accidental hits masked; batch B = 2048, Adam lr 1e-3, "
@@ -350,8 +363,15 @@ def markdown(summary: list[dict], commands: list[str], stamp: dict, meta: dict) 
             "two-tower with `use_item_id=false`; MF cannot embed unseen items (n/a)."
         ),
         "",
-        "B′ = 8192 is not run: ml-100k has 1682 items; B′ = 4096 is 4096 uniform draws with replacement.",
-        "",
+        *(
+            [
+                "B′ = 8192 is not run: ml-100k has 1682 items; B′ = 4096 is 4096 uniform draws with "
+                "replacement.",
+                "",
+            ]
+            if dataset == "ml-100k"
+            else []
+        ),
         "Wall time, summed over runs (one core each, on a 2-core machine shared with another benchmark, so "
         "`s/epoch` is noisy): "
         + ", ".join(f"{p} {v / 60:.1f} min" for p, v in meta.get("run_wall_seconds_by_part", {}).items() if v)
@@ -366,8 +386,14 @@ def markdown(summary: list[dict], commands: list[str], stamp: dict, meta: dict) 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=str(DEFAULT_DATA))
+    ap.add_argument("--dataset", default="ml-100k", choices=sorted(FEATURES))
+    ap.add_argument(
+        "--name", default=None, help="results name (default: two_tower for ml-100k, else two_tower_<dataset>)"
+    )
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--configs", default=",".join(CONFIGS), help="configs of the main and cold parts")
+    ap.add_argument(
+        "--configs", default=None, help="configs of the main and cold parts (default: all the dataset runs)"
+    )
     ap.add_argument(
         "--parts",
         default=",".join(PARTS),
@@ -379,12 +405,16 @@ def main(argv=None) -> None:
     ap.add_argument("--mf-epochs", type=int, default=40)
     ap.add_argument("--mf-eval-every", type=int, default=5)
     ap.add_argument("--jobs", type=int, default=1)
-    ap.add_argument("--runs-dir", default=str(RESULTS / NAME / "runs"))
+    ap.add_argument("--runs-dir", default=None, help="default: results/<name>/runs")
     ap.add_argument("--no-summary", action="store_true")
     ap.add_argument("--summary-only", action="store_true", help="only re-summarise the runs on disk")
     args = ap.parse_args(argv)
+    name = args.name or (NAME if args.dataset == "ml-100k" else f"{NAME}_{args.dataset}")
+    args.runs_dir = args.runs_dir or str(RESULTS / name / "runs")
+    skip = SKIP.get(args.dataset, set())
+    default_configs = ",".join(c for c in CONFIGS if c not in skip)
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    configs = [c for c in args.configs.split(",") if c]
+    configs = [c for c in (args.configs or default_configs).split(",") if c]
     parts = [p for p in args.parts.split(",") if p]
     ann_configs = [c for c in args.ann_configs.split(",") if c]
     for c in configs:
@@ -405,6 +435,7 @@ def main(argv=None) -> None:
                         "part": part,
                         "seed": seed,
                         "data_dir": args.data_dir,
+                        "dataset": args.dataset,
                         "epochs": args.epochs,
                         "eval_every": args.eval_every,
                         "mf_epochs": args.mf_epochs,
@@ -456,6 +487,7 @@ def main(argv=None) -> None:
             part: sum(r["wall_seconds"] for r in all_rows if r["part"] == part) for part in (*PARTS, "ann")
         },
         "cpu_count": os.cpu_count(),
+        "dataset": args.dataset,
     }
     payload = {
         "commands": commands,
@@ -465,7 +497,7 @@ def main(argv=None) -> None:
         "summary_ann": summary_ann,
         "runs": all_rows,
     }
-    j, m = write_results(NAME, payload, markdown(summary, commands, stamp, meta) + markdown_ann(summary_ann))
+    j, m = write_results(name, payload, markdown(summary, commands, stamp, meta) + markdown_ann(summary_ann))
     print(f"wrote {j} and {m}")
 
 
