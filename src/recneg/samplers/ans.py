@@ -392,9 +392,10 @@ class ANSSampler(Sampler):
         selection. BPR's gradient through the chosen candidate is rebuilt by :meth:`_chosen_negative`.
 
         Returns:
-            ``(a, idx [B, L'], chosen_gain [B, L'], base)``: an :class:`ANSAugmentation` whose factors carry
-            gradient when the auxiliary losses need it, the chosen candidate per layer, its gain, and the
-            noise ``Δ`` is built from (see :meth:`_chosen_negative`).
+            ``(a, idx [B, L'], chosen_gain [B, L'], base, s_orig [B, M, L'])``: an :class:`ANSAugmentation`
+            whose factors carry gradient when the auxiliary losses need it, the chosen candidate per layer,
+            its gain, the noise ``Δ`` is built from (see :meth:`_chosen_negative`), and the candidates'
+            scores before augmentation (detached).
         """
         cfg = self.config
         need_aux = cfg.gamma > 0 and cfg.disentangle
@@ -436,7 +437,7 @@ class ANSSampler(Sampler):
             gain = s_aug - s_orig
             idx = (s_aug + eps * gain).argmax(dim=1)  # [B, L'] candidate chosen per layer (Eq. 13)
             chosen_gain = gain.gather(1, idx.unsqueeze(1)).squeeze(1)  # [B, L']
-        return a, idx, chosen_gain, base
+        return a, idx, chosen_gain, base, s_orig
 
     def _chosen_negative(
         self, e_u: Tensor, e_p: Tensor, e_n: Tensor, a: ANSAugmentation, idx: Tensor, base: Tensor | None
@@ -477,14 +478,11 @@ class ANSSampler(Sampler):
         pool = uniform_pool(index, users, cfg.n_candidates, generator, cfg.exclude_positives)  # [B, M]
         per_layer = self.per_layer(view)
         e_u, e_p, e_n = layer_tensors(view, pool, per_layer)  # [B, L', d], [B, L', d], [B, M, L', d]
-        a, idx, chosen_gain, base = self._augment_and_select(e_u, e_p, e_n, generator)
+        a, idx, chosen_gain, base, s_orig = self._augment_and_select(e_u, e_p, e_n, generator)
         with torch.no_grad():
             chosen_ids = pool.gather(1, idx)  # [B, L'] source item per layer
-            # DNS on the same pool, argmax_m <ē_u, ē_n>; with one layer that score is ⟨e_u, e_n⟩ itself
-            if e_n.shape[2] == 1:
-                dns_scores = torch.einsum("bld,bmld->bml", e_u.detach(), e_n.detach())[..., 0]
-            else:
-                dns_scores = view.score(pool)
+            # DNS on the same pool, argmax_m <ē_u, ē_n>; with one layer that score is s_orig itself
+            dns_scores = s_orig[..., 0] if s_orig.shape[-1] == 1 else view.score(pool)
             dns_ids = pool.gather(1, dns_scores.argmax(dim=1, keepdim=True))  # [B, 1]
         chosen = self._chosen_negative(e_u, e_p, e_n, a, idx, base)  # [B, L', d] with gradient
         emb = chosen.mean(dim=1, keepdim=True)  # [B, 1, d]: pooled (mean over layers) hop-mixed negative
