@@ -66,6 +66,34 @@ def time_one(fn, inputs, repeats: int) -> float:
     return (time.perf_counter() - t0) / repeats * 1e3
 
 
+def markdown(payload: dict) -> str:
+    """The report of one run (``payload`` as written to ``softmax_loss.json``)."""
+    stamp, args = payload["machine"], payload["args"]
+    table = [
+        {
+            **{k: str(r[k]) for k in ("B′", "columns n")},
+            "autograd ms": f"{r['autograd ms']:.1f}",
+            "fused ms": f"{r['fused ms']:.1f}",
+            "speed-up": f"{r['speed-up']:.2f}×",
+        }
+        for r in payload["rows"]
+    ]
+    head = [
+        "# Sampled softmax over shared negatives: fused loss vs autograd composition",
+        "",
+        f"Command: `python -m benchmarks.softmax_loss --threads {args['threads']}`",
+        "",
+        f"One forward + backward of the loss, B = {args['batch_size']}, d = {args['dim']}, τ = 0.1, log Q "
+        f"per column, accidental-hit mask; best of {args['rounds']} interleaved rounds of {args['repeats']}. "
+        f"Machine: {stamp['platform']}, {stamp['cpu_count']} cores, torch {stamp['torch']}, "
+        f"{args['threads']} thread(s), {stamp['date']}.",
+        "",
+    ]
+    return (
+        "\n".join(head) + "\n" + md_table(table, ["B′", "columns n", "autograd ms", "fused ms", "speed-up"])
+    )
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
@@ -110,23 +138,8 @@ def main(argv=None) -> None:
             }
         )
         print(rows[-1], flush=True)
-    stamp = machine_stamp(args.threads)
-    cols_md = ["B′", "columns n", "autograd ms", "fused ms", "speed-up"]
-    text = "\n".join(
-        [
-            "# Sampled softmax over shared negatives: fused loss vs autograd composition",
-            "",
-            f"Command: `python -m benchmarks.softmax_loss --threads {args.threads}`",
-            "",
-            f"One forward + backward of the loss, B = {args.batch_size}, d = {args.dim}, τ = 0.1, log Q per "
-            f"column, accidental-hit mask; best of {args.rounds} interleaved rounds of {args.repeats}. "
-            f"Machine: {stamp['platform']}, {stamp['cpu_count']} cores, torch {stamp['torch']}, "
-            f"{args.threads} thread(s), {stamp['date']}.",
-            "",
-        ]
-    )
-    payload = {"machine": stamp, "args": vars(args), "rows": rows}
-    j, m = write_results("softmax_loss", payload, text + "\n" + md_table(rows, cols_md))
+    payload = {"machine": machine_stamp(args.threads), "args": vars(args), "rows": rows}
+    j, m = write_results("softmax_loss", payload, markdown(payload))
     print(f"wrote {j} and {m}")
 
 
