@@ -100,6 +100,17 @@ def test_fused_shared_path_equals_the_per_row_path(reduction, normalize, correct
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
+def test_no_shared_columns_gives_zero_loss():
+    u, p = torch.randn(3, 4, requires_grad=True), torch.randn(3, 4)
+    neg = BatchNegatives(
+        emb=torch.zeros(0, 4), log_q=torch.zeros(0), mask=torch.zeros(3, 0, dtype=torch.bool)
+    )
+    loss = sampled_softmax_loss(u, p, neg, reduction="none")
+    assert torch.equal(loss, torch.zeros(3))
+    loss.sum().backward()
+    assert torch.equal(u.grad, torch.zeros(3, 4))
+
+
 def test_per_row_negatives_are_a_sampled_softmax():
     torch.manual_seed(0)
     u, p, e = torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 5, 4)

@@ -123,7 +123,7 @@ def sampled_softmax_loss(
             )
         user_emb, pos_emb = F.normalize(user_emb, dim=-1), F.normalize(pos_emb, dim=-1)
         neg = dataclasses.replace(neg, emb=F.normalize(neg.emb, dim=-1))
-    if neg.score is None and neg.pos_score is None and neg.shared:
+    if neg.score is None and neg.pos_score is None and neg.shared and neg.emb.shape[0] > 0:
         # one [n, d] set for every row: the fused path (same value and gradient, far fewer [B, n] passes)
         query = user_emb / temperature  # ⟨u/τ, v⟩ = ⟨u, v⟩/τ: scale [B, d], not [B, n]
         pos = (query * pos_emb).sum(-1)
