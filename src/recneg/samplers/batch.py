@@ -261,7 +261,8 @@ class InBatchSampler(Sampler):
         else:
             mask = torch.zeros(n_rows, ids.numel(), dtype=torch.bool, device=device)
             mask[:, own].fill_diagonal_(True)
-        n_hits = mask.sum() - n_rows  # accidental hits, the diagonal excluded
+        # count_nonzero, not sum: a bool sum first converts the whole [B, n] mask to int64
+        n_hits = torch.count_nonzero(mask) - n_rows  # accidental hits, the diagonal excluded
         stats = {"accidental_hits": n_hits.detach().float() / max(n_rows, 1)}  # 0-d tensor: no device sync
         return BatchNegatives(
             emb=emb,
@@ -350,7 +351,11 @@ class UniformCorpusSampler(Sampler):
         log_q = (scale * p_ids).clamp_min(tiny).log().to(emb.dtype)
         pos_log_q = (scale * p_pos).clamp_min(tiny).log().to(emb.dtype)
         mask = accidental_hit_mask(pos, ids) if self.config.remove_accidental_hits else None
-        stats = {"accidental_hits": mask.sum().float() / max(pos.numel(), 1)} if mask is not None else {}
+        stats = (
+            {"accidental_hits": torch.count_nonzero(mask).float() / max(pos.numel(), 1)}
+            if mask is not None
+            else {}
+        )
         mask = _finish_mask(self, mask, users, ids)
         return BatchNegatives(emb=emb, ids=ids, log_q=log_q, mask=mask, pos_log_q=pos_log_q, stats=stats)
 
