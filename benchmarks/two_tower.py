@@ -373,7 +373,8 @@ def markdown(summary: list[dict], commands: list[str], stamp: dict, meta: dict) 
             else []
         ),
         "Wall time, summed over runs (one core each, on a 2-core machine shared with another benchmark, so "
-        "`s/epoch` is noisy): "
+        "`s/epoch` is noisy, and grids that ran across a speed change mix code versions; "
+        "`two_tower_epoch.md` times the configurations like for like): "
         + ", ".join(f"{p} {v / 60:.1f} min" for p, v in meta.get("run_wall_seconds_by_part", {}).items() if v)
         + ".",
         "",

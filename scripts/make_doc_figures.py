@@ -161,7 +161,11 @@ def draw_two_tower(out: Path) -> Path:
         ax.tick_params(axis="x", labelrotation=45, labelsize=7)
         ax.set_title(title, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("Two-tower on ml-100k, 3 epochs: mean ± std over 3 seeds", fontsize=10)
+    meta = _load(TWO_TOWER)["meta"]
+    fig.suptitle(
+        f"Two-tower on ml-100k, {meta['epochs']} epochs: mean ± std over {len(meta['seeds'])} seeds",
+        fontsize=10,
+    )
     return _save(fig, plt, out / "two_tower_buckets_ml-100k.png")
 
 
