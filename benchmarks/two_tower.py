@@ -358,9 +358,14 @@ def markdown(summary: list[dict], commands: list[str], stamp: dict, meta: dict) 
         (
             "Buckets by training count: head = top 20 % of items, tail = bottom 50 %. `R@K` columns are "
             "user-averaged recall restricted to the bucket's test items (full ranking over all items); "
-            "`µR` is the share of the bucket's test interactions retrieved. Cold: a separate split with "
-            f"{meta.get('n_cold_items', '10 %')} items (10 % of active items, uniform) held out of training; "
-            "two-tower with `use_item_id=false`; MF cannot embed unseen items (n/a)."
+            "`µR` is the share of the bucket's test interactions retrieved. "
+            + (
+                f"Cold: a separate split with {meta['n_cold_items']} items (10 % of active items, uniform) "
+                "held out of training; two-tower with `use_item_id=false`; MF cannot embed unseen items "
+                "(n/a)."
+                if meta.get("n_cold_items")
+                else "The cold-start part was not run on this dataset (cold columns n/a)."
+            )
         ),
         "",
         *(
