@@ -269,7 +269,7 @@ def _fmt(pair, digits=4) -> str:
 
 
 def markdown_ann(summary: list[dict]) -> str:
-    if not summary:
+    if not any(row["config"] in ANN_CONFIGS for row in summary):  # the ann part did not run
         return ""
     cols = ["config", "R@20", "R@50", "NDCG@20", "tail R@50", "s/epoch", "ANN pool", "fallback"]
     table = [
