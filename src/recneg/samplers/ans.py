@@ -322,6 +322,31 @@ class ANSSampler(Sampler):
         x = self.margin_layer(hard_neg * hard_pos)
         return safe_reciprocal_sigmoid(x) if self.config.mode == "code" else torch.sigmoid(x)
 
+    def _direction(self, pos: Tensor, e_n: Tensor, generator) -> Tensor:
+        """Direction ``dir [B, M, L', d]`` (Eq. 9), or uniform ``±1`` without regulated direction.
+
+        ``sgn(z_p − z_n)`` is evaluated through the identity ``z_p − z_n = (1 − g) ⊙ (e_p − e_n)`` with
+        ``1 − g > 0``: the same value, but robust to a saturated gate (``g == 1.0`` in float32 would give 0).
+        """
+        if self.config.regulate_direction:
+            return torch.sign(pos - e_n)
+        bits = torch.randint(0, 2, e_n.shape, device=e_n.device, generator=generator)
+        return (bits * 2 - 1).to(e_n.dtype)
+
+    def _noise(self, cap: Tensor | None, like: Tensor, generator) -> tuple[Tensor, Tensor]:
+        """``(base, Δ)`` (Eq. 10) from one ``U[0, 1)`` draw shaped like ``like``, capped by ``cap`` (or not).
+
+        Code mode: ``base = u/‖u‖₂``, ``Δ = noise_scale · κ · base``; paper mode:
+        ``base = Δ₀ = noise_scale · u``, ``Δ = min(Δ₀, κ)``.
+        """
+        cfg = self.config
+        noise = torch.rand(like.shape, device=like.device, generator=generator, dtype=like.dtype)
+        if cfg.mode == "code":
+            base = F.normalize(noise, p=2.0, dim=-1)
+            return base, cfg.noise_scale * base if cap is None else cfg.noise_scale * cap * base
+        base = cfg.noise_scale * noise
+        return base, base if cap is None else torch.minimum(base, cap)
+
     def augment(self, e_u: Tensor, e_p: Tensor, e_n: Tensor, generator: torch.Generator | None = None):
         """Disentangle and augment every candidate (Eqs. 3–11).
 
@@ -340,14 +365,7 @@ class ANSSampler(Sampler):
         pos = e_p.unsqueeze(1)
         hard_pos = gate * pos
         easy_pos = pos - hard_pos
-        shape, device, dtype = e_n.shape, e_n.device, e_n.dtype
-        if cfg.regulate_direction:
-            # Eq. 9, sgn(z_p − z_n), evaluated through the identity z_p − z_n = (1 − g) ⊙ (e_p − e_n) with
-            # 1 − g > 0: the same value, but robust to a saturated gate (g == 1.0 in float32 would give 0)
-            direction = torch.sign(pos - e_n)
-        else:
-            bits = torch.randint(0, 2, shape, device=device, generator=generator)
-            direction = (bits * 2 - 1).to(dtype)
+        direction = self._direction(pos, e_n, generator)
         kappa = None
         if not cfg.augment:
             delta = torch.zeros_like(e_n)
@@ -358,13 +376,7 @@ class ANSSampler(Sampler):
                 cap = kappa.detach() if cfg.detach_margin else kappa
             else:
                 cap = None
-            noise = torch.rand(shape, device=device, generator=generator, dtype=dtype)
-            if cfg.mode == "code":
-                unit = F.normalize(noise, p=2.0, dim=-1)
-                delta = cfg.noise_scale * unit if cap is None else cfg.noise_scale * cap * unit
-            else:
-                delta0 = cfg.noise_scale * noise
-                delta = delta0 if cap is None else torch.minimum(delta0, cap)
+            _, delta = self._noise(cap, e_n, generator)
             aug = e_n + direction * delta  # = hard_neg + (easy_neg + direction * delta), Eq. 11
         return ANSAugmentation(gate, hard_neg, easy_neg, hard_pos, easy_pos, direction, kappa, delta, aug)
 
@@ -407,13 +419,8 @@ class ANSSampler(Sampler):
             hard_pos = gate * pos
             easy_pos = pos - hard_pos
         with torch.no_grad():
-            e_n0, pos0 = e_n.detach(), pos.detach()
-            shape, device, dtype = e_n.shape, e_n.device, e_n.dtype
-            if cfg.regulate_direction:
-                direction = torch.sign(pos0 - e_n0)  # Eq. 9 through z_p − z_n = (1 − g) ⊙ (e_p − e_n)
-            else:
-                bits = torch.randint(0, 2, shape, device=device, generator=generator)
-                direction = (bits * 2 - 1).to(dtype)
+            e_n0 = e_n.detach()
+            direction = self._direction(pos.detach(), e_n0, generator)
             kappa = base = None
             if not cfg.augment:
                 delta = torch.zeros_like(e_n0)
@@ -421,13 +428,7 @@ class ANSSampler(Sampler):
             else:
                 if cfg.regulate_magnitude:
                     kappa = self.margin(hard_neg.detach(), hard_pos.detach())
-                noise = torch.rand(shape, device=device, generator=generator, dtype=dtype)
-                if cfg.mode == "code":
-                    base = F.normalize(noise, p=2.0, dim=-1)
-                    delta = cfg.noise_scale * base if kappa is None else cfg.noise_scale * kappa * base
-                else:
-                    base = cfg.noise_scale * noise
-                    delta = base if kappa is None else torch.minimum(base, kappa)
+                base, delta = self._noise(kappa, e_n0, generator)
                 aug = e_n0 + direction * delta
             a = ANSAugmentation(gate, hard_neg, easy_neg, hard_pos, easy_pos, direction, kappa, delta, aug)
             eps = cfg.eps if cfg.use_gain else 0.0
