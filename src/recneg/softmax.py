@@ -59,7 +59,8 @@ class _SharedSoftmaxRows(torch.autograd.Function):
     corrected, masked and exponentiated in place in one buffer, which backward reuses:
     ``∂ℓ_b/∂x_bj = e^{x_bj − M_b} / S_b`` (the softmax), so ``∂ℓ/∂Q = G V`` and ``∂ℓ/∂V = Gᵀ Q`` with
     ``G = diag(g) · softmax``. Autograd's version makes ~20 passes over ``[B, n]`` (sub, masked_fill, the
-    logsumexp and their backwards, each with its own buffer); this one makes 6 plus the three matmuls.
+    logsumexp and their backwards, each with its own buffer); this one makes 7 (6 forward, 1 backward) plus
+    the three matmuls.
 
     Shape: ``q [B, d]`` (queries already divided by ``τ``), ``v [n, d]``, ``pos [B]`` (positive logits, on the
     same scale), ``log_q [n]`` or ``[B, n]`` or ``None``, ``mask [B, n]`` bool or ``None`` -> ``[B]``.
