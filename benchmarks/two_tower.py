@@ -2,11 +2,13 @@
 
 Run (from the repository root, ../shared/data present):
 
-    python -m benchmarks.two_tower --seeds 0,1,2 --epochs 3 --eval-every 1 --jobs 1
+    python -m benchmarks.two_tower --seeds 0,1,2 --epochs 15 --eval-every 1 --jobs 1
     python -m benchmarks.two_tower --seeds 0,1,2 --parts ann --jobs 1     # ann_hard vs DNS (MF)
+    python -m benchmarks.two_tower --dataset lastfm-hetrec2011 --parts main --seeds 0,1,2 --epochs 15 --jobs 1
 
 Data: ml-100k with its side features (users: age bucket, gender, occupation, zip region; items: genres,
-release decade), every rating a positive.
+release decade), every rating a positive; or (``--dataset lastfm-hetrec2011``) Last.fm HetRec with each
+artist's tags as item features, results under ``two_tower_lastfm-hetrec2011``.
 
 - ``main`` part: random per-user 80/10/10 split (seed 0). Reported: test Recall@{20,50}, and Recall@{20,50}
   restricted to the test items of each popularity bucket (head = top 20 % of items by training count,
@@ -24,9 +26,10 @@ Every (config, part, seed) is one process with one torch thread (``max_tasks_per
 ``benchmarks/results/two_tower/runs/<config>-<part>-s<seed>.json``; a finished run is not redone (the grid
 resumes). The summary (mean ± std over seeds) goes to ``benchmarks/results/two_tower.json`` and ``.md``.
 
-B′ = 8192 (the MNS paper's best) is not run: ml-100k has 1682 items, so 8192 uniform draws per step would
-be ~5 copies of the whole catalogue. B′ = 4096 is run as 4096 i.i.d. uniform draws with replacement
-(the ``mns`` sampler always draws with replacement; its logQ ``B′/n_items`` is the expected count).
+B′ = 8192 (the MNS paper's best) is not run on ml-100k by default: it has 1682 items, so 8192 uniform
+draws per step would be ~5 copies of the whole catalogue (Last.fm, 17 632 items, runs it). B′ = 4096 is
+run as 4096 i.i.d. uniform draws with replacement (the ``mns`` sampler always draws with replacement; its
+logQ ``B′/n_items`` is the expected count).
 """
 
 from __future__ import annotations
