@@ -156,9 +156,35 @@ class TableView(ModelView):
         self._item_layer_table = item_layer_table
         self._layer_tables = layer_tables
         self.model_name = model_name
-        self.user_emb = _rows(user_table, users, sparse)
-        self.pos_emb = _rows(item_table, pos, sparse)
+        self._grad_enabled = torch.is_grad_enabled()  # the lazy gathers below run in the view's grad mode
+        self._user_emb: Tensor | None = None
+        self._pos_emb: Tensor | None = None
         self.n_layers = n_layers if item_layer_table is None else int(item_layer_table.shape[1])
+
+    # Gathered on first use: a step that reads the tables directly (the compiled MF steps) never pays for
+    # them. They are gathered in the grad mode the view was built in, so a first read inside a sampler's
+    # no_grad block still yields the rows the loss differentiates.
+    @property
+    def user_emb(self) -> Tensor:
+        if self._user_emb is None:
+            with torch.set_grad_enabled(self._grad_enabled):
+                self._user_emb = _rows(self.user_table, self.users, self.sparse)
+        return self._user_emb
+
+    @user_emb.setter
+    def user_emb(self, value: Tensor) -> None:
+        self._user_emb = value
+
+    @property
+    def pos_emb(self) -> Tensor:
+        if self._pos_emb is None:
+            with torch.set_grad_enabled(self._grad_enabled):
+                self._pos_emb = _rows(self.item_table, self.pos, self.sparse)
+        return self._pos_emb
+
+    @pos_emb.setter
+    def pos_emb(self, value: Tensor) -> None:
+        self._pos_emb = value
 
     def _build_layer_tables(self) -> None:
         if self._item_layer_table is None and self._layer_tables is not None:
