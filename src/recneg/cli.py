@@ -92,7 +92,11 @@ def _add_train_parser(sub) -> None:
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=float)
-    g.add_argument("--optimizer", help="adam | adagrad | sparse_adam (mf: updates only the batch's rows)")
+    g.add_argument(
+        "--optimizer",
+        help="adam | adagrad | sparse_adam (mf: updates only the batch's rows) | online_sgd (mf: LearnBPR, "
+        "one SGD step per pair, compiled; lr ~0.1)",
+    )
     g.add_argument(
         "--fused-step",
         choices=("auto", "off"),

@@ -65,7 +65,10 @@ class TrainConfig:
     lr: float = field(default=1e-3, metadata={"help": "learning rate"})
     optimizer: str = field(
         default="adam",
-        metadata={"help": "adam | adagrad | sparse_adam (lazy Adam of the batch's rows; mf only, see docs)"},
+        metadata={
+            "help": "adam | adagrad | sparse_adam (lazy Adam of the batch's rows; mf only) | online_sgd "
+            "(LearnBPR: one SGD step per pair, compiled, CPU; mf only; lr ~0.1); see docs/performance"
+        },
     )
     reg: float = field(default=1e-4, metadata={"help": "λ of the regulariser chosen by regularizer"})
     regularizer: str = field(

@@ -29,10 +29,11 @@ import torch
 from torch import Tensor, nn
 
 from recneg import kernels
+from recneg.errors import ConfigError
 from recneg.losses import BPRLoss, SoftBPRLoss, regularization
 from recneg.models.base import ModelView
 from recneg.models.mf import MF
-from recneg.optim import LazyAdam
+from recneg.optim import LazyAdam, OnlineSGD
 from recneg.samplers.base import Negatives, Sampler
 
 
@@ -95,7 +96,10 @@ class FusedMFStep:
             :class:`SoftBPRLoss`; reg: λ of R1; optimizer: the trainer's optimiser. When it is
             :class:`~recneg.optim.LazyAdam` (``sparse_adam``) over CPU float32 tables and numba is installed,
             gradient and update run as one compiled pass (:mod:`recneg.kernels`), LazyAdam's step to float
-            rounding.
+            rounding. When it is :class:`~recneg.optim.OnlineSGD` (``online_sgd``), every batch runs the
+            compiled pair-by-pair SGD (:func:`recneg.kernels.online_sgd_bpr`); there is no tensor path.
+        deterministic: ``online_sgd`` runs its pairs on one thread, in order (else on torch's threads,
+            Hogwild: faster, and not reproducible bit for bit).
 
     Use: ``loss, view, neg, status = step(users, pos, generator)``. ``status`` is :data:`UPDATED`: the
     tables are already updated; :data:`GRADIENTS`: the tables' ``.grad`` hold this batch's gradient: call
@@ -110,8 +114,10 @@ class FusedMFStep:
         loss_fn: BPRLoss | SoftBPRLoss,
         reg: float,
         optimizer: torch.optim.Optimizer | None = None,
+        deterministic: bool = False,
     ):
         self.model, self.sampler, self.loss_fn, self.reg = model, sampler, loss_fn, float(reg)
+        self.deterministic = deterministic
         self.beta = float(loss_fn.config.beta) if isinstance(loss_fn, SoftBPRLoss) else 1.0
         self.mean = loss_fn.config.reduction == "mean"
         self.optimizer = optimizer
@@ -123,18 +129,45 @@ class FusedMFStep:
     @property
     def compiled(self) -> bool:
         """Whether plain batches run the compiled lazy-Adam kernel (checked each step: tables may move)."""
-        tables = (self.model.user_embedding.weight, self.model.item_embedding.weight)
         return (
             kernels.AVAILABLE
             and self._kernel_error is None
             and isinstance(self.optimizer, LazyAdam)
             and self.model.sparse_gradients
-            and all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tables)
+            and self._tables_compilable()
         )
+
+    def _tables_compilable(self) -> bool:
+        tables = (self.model.user_embedding.weight, self.model.item_embedding.weight)
+        return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tables)
+
+    def check_online_sgd(self) -> None:
+        """Raise a :class:`ConfigError` unless ``online_sgd`` can run here (numba, CPU float32, mean loss)."""
+        if not kernels.AVAILABLE:
+            raise ConfigError(
+                "optimizer online_sgd runs in a compiled kernel and needs numba: pip install 'recneg[fast]'"
+            )
+        if not self._tables_compilable():
+            table = self.model.user_embedding.weight
+            raise ConfigError(
+                f"optimizer online_sgd runs on CPU float32 tables; the MF tables are {table.dtype} on "
+                f"{table.device}: use device='cpu' or optimizer adam"
+            )
+        if not self.mean:
+            raise ConfigError(
+                "optimizer online_sgd steps on each pair's term of the mean loss; the loss has "
+                f"reduction={self.loss_fn.config.reduction!r}: use reduction='mean'"
+            )
+        kernels.warm_up_online_sgd()
 
     def __call__(
         self, users: Tensor, pos: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, ModelView, Negatives, str]:
+        if isinstance(self.optimizer, OnlineSGD):  # no autograd anywhere: the kernel writes the rows
+            with torch.no_grad():
+                view = self.model.view(users, pos)
+                neg = self.sampler(users, pos, view, generator=generator)
+            return self._online_step(users, pos, neg), view, neg, UPDATED
         view = self.model.view(users, pos)
         neg = self.sampler(users, pos, view, generator=generator)
         if not plain_item_negatives(neg):
@@ -195,6 +228,33 @@ class FusedMFStep:
             group["eps"],
         )
         return torch.tensor(loss, dtype=user_table.dtype)
+
+    def _online_step(self, users: Tensor, pos: Tensor, neg: Negatives) -> Tensor:
+        """``online_sgd``: the batch's pairs updated one by one in place; returns the mean of ``f_b``."""
+        if not plain_item_negatives(neg):
+            raise ConfigError(
+                f"optimizer online_sgd updates MF rows pair by pair and needs negatives that are item rows; "
+                f"sampler {type(self.sampler).__name__} returned others (synthetic rows, its own scores, "
+                f"weights on a loss it adds): use optimizer adam or sparse_adam with this sampler"
+            )
+        assert isinstance(self.optimizer, OnlineSGD) and neg.ids is not None
+        user_table, item_table = self.model.user_embedding.weight, self.model.item_embedding.weight
+        user_table.grad = item_table.grad = None
+        with torch.no_grad():
+            weight = neg.weight.detach().float().contiguous().numpy() if neg.weight is not None else None
+            total = kernels.online_sgd_bpr(
+                user_table.detach().numpy(),
+                item_table.detach().numpy(),
+                users.contiguous().numpy(),
+                pos.contiguous().numpy(),
+                neg.ids.to(torch.int64).contiguous().numpy(),
+                weight,
+                self.beta,
+                self.optimizer.lr_of(item_table),
+                self.reg,
+                n_parts=1 if self.deterministic else torch.get_num_threads(),
+            )
+        return torch.tensor(total / len(users), dtype=user_table.dtype)
 
     def _write_gradients(self, users: Tensor, pos: Tensor, view: ModelView, neg: Negatives) -> Tensor:
         u, p, e = view.user_emb.detach(), view.pos_emb.detach(), neg.emb.detach()  # [B, d], [B, d], [B, n, d]

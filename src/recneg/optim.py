@@ -18,6 +18,15 @@
 
   Dense gradients (a sampler's own parameters, or a table a sampler reads whole) get the ordinary Adam
   update in the same optimiser.
+- ``online_sgd``: :class:`OnlineSGD`, the original BPR algorithm (Rendle et al. 2009, LearnBPR; also what
+  the ``implicit`` library runs): one plain SGD update per training pair, pairs one after another in the
+  shuffled order, each on the gradient of that pair's own term ``f_b`` of the objective (the batch's mean
+  loss is ``(1/B) Σ_b f_b``; see :func:`recneg.kernels._online_sgd_bpr`). ``batch_size`` only sets how many
+  pairs the sampler draws for at once: the sampler scores with the tables as they were at the start of
+  the batch, and the updates then run pair by pair. It runs in the compiled MF step (numba, CPU, one
+  thread, deterministic) and needs what that step needs: MF, a sampler of real item rows, BPR or soft BPR
+  with ``reduction="mean"``, the R1 regulariser. Its ``lr`` is a per-pair step (typically 0.01-0.1), not
+  Adam's.
 """
 
 from __future__ import annotations
@@ -30,8 +39,8 @@ from torch import Tensor
 from recneg.errors import ConfigError
 
 #: optimisers ``TrainConfig.optimizer`` accepts; those in :data:`SPARSE_OPTIMIZERS` need row-sparse gradients
-OPTIMIZERS = ("adam", "adagrad", "sparse_adam")
-SPARSE_OPTIMIZERS = ("sparse_adam",)
+OPTIMIZERS = ("adam", "adagrad", "sparse_adam", "online_sgd")
+SPARSE_OPTIMIZERS = ("sparse_adam", "online_sgd")
 
 
 class LazyAdam(torch.optim.Optimizer):
@@ -136,21 +145,57 @@ class LazyAdam(torch.optim.Optimizer):
         p.index_copy_(0, rows, p_rows)
 
 
+class OnlineSGD(torch.optim.Optimizer):
+    """SGD that the compiled MF step applies pair by pair (``online_sgd``; see the module docstring).
+
+    The trainer's :class:`~recneg.fused_step.FusedMFStep` updates the MF tables itself, one pair at a time,
+    with this optimiser's ``lr``; :meth:`step` is plain SGD ``P ← P − lr · grad`` for any gradient it is
+    handed (dense or row-sparse), so the optimiser is also correct where a caller drives it by hand.
+
+    Args:
+        params: parameters or parameter groups; lr: the step of one pair's gradient.
+    """
+
+    def __init__(self, params, lr: float = 0.05):
+        if not lr > 0:
+            raise ConfigError(f"lr of OnlineSGD must be > 0, got {lr!r}")
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(p.grad, alpha=-group["lr"])
+        return loss
+
+    def lr_of(self, p: Tensor) -> float:
+        """The ``lr`` of the group that holds ``p``."""
+        for group in self.param_groups:
+            if any(q is p for q in group["params"]):
+                return float(group["lr"])
+        raise ConfigError(f"OnlineSGD: a parameter of shape {tuple(p.shape)} is not among its parameters")
+
+
 def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """The optimiser ``name`` (one of :data:`OPTIMIZERS`) over ``params``.
 
     Adam and Adagrad are fused (one kernel over all parameters) where torch supports it: the same
     algorithm; on a 2-core CPU it cut the optimiser step on Gowalla-sized MF tables from ~45 ms to ~8 ms.
-    ``sparse_adam`` is :class:`LazyAdam` and refuses ``weight_decay > 0``.
+    ``sparse_adam`` is :class:`LazyAdam`, ``online_sgd`` :class:`OnlineSGD`; both refuse ``weight_decay > 0``.
     """
     params = list(params)
-    if name == "sparse_adam":
+    if name in SPARSE_OPTIMIZERS:
         if weight_decay:
             raise ConfigError(
-                f"weight_decay must be 0 with optimizer sparse_adam (it would decay only the batch's rows), "
+                f"weight_decay must be 0 with optimizer {name} (it would decay only the batch's rows), "
                 f"got {weight_decay:g}; use reg (R1, on the batch's rows) instead"
             )
-        return LazyAdam(params, lr=lr)
+        return LazyAdam(params, lr=lr) if name == "sparse_adam" else OnlineSGD(params, lr=lr)
     classes = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}
     if name not in classes:
         raise ConfigError(f"optimizer must be one of {list(OPTIMIZERS)}, got {name!r}")
@@ -176,4 +221,11 @@ def use_sparse_gradients(model, optimizer: str) -> None:
     model.sparse_gradients = True
 
 
-__all__ = ["LazyAdam", "OPTIMIZERS", "SPARSE_OPTIMIZERS", "make_optimizer", "use_sparse_gradients"]
+__all__ = [
+    "LazyAdam",
+    "OnlineSGD",
+    "OPTIMIZERS",
+    "SPARSE_OPTIMIZERS",
+    "make_optimizer",
+    "use_sparse_gradients",
+]

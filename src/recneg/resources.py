@@ -239,7 +239,8 @@ def model_bytes(model, optimizer: str = "adam", device: torch.device | str = "cp
     device = torch.device(device)
     params = [p for p in model.parameters()]
     n_param_bytes = sum(p.numel() * p.element_size() for p in params)
-    states = {"adam": 2, "adagrad": 1, "sparse_adam": 3}.get(optimizer, 2)  # sparse_adam: + a scratch
+    # sparse_adam: + a scratch; online_sgd: no state and no gradient (the kernel writes the rows in place)
+    states = {"adam": 2, "adagrad": 1, "sparse_adam": 3, "online_sgd": -1}.get(optimizer, 2)
     total = _count_bytes(params, device) + _count_bytes(list(model.buffers()), device)
     total += n_param_bytes * (1 + states)  # gradient + optimiser states, always new
     n_users = getattr(model, "n_users", "?")

@@ -192,10 +192,24 @@ class Trainer:
             )
         )
         self.fused = (
-            FusedMFStep(cast(MF, self.model), self.sampler, cast(Any, self.loss_fn), cfg.reg, self.optimizer)
+            FusedMFStep(
+                cast(MF, self.model),
+                self.sampler,
+                cast(Any, self.loss_fn),
+                cfg.reg,
+                self.optimizer,
+                deterministic=cfg.deterministic,
+            )
             if self.fused_blocker is None
             else None
         )
+        if cfg.optimizer == "online_sgd":  # it has no autograd path: the compiled MF step must serve
+            if self.fused is None:
+                raise ConfigError(
+                    f"optimizer online_sgd runs in the compiled MF step, which cannot serve this "
+                    f"configuration: {self.fused_blocker}; use optimizer adam or sparse_adam"
+                )
+            self.fused.check_online_sgd()
         self.train_users = torch.as_tensor(split.train.users, device=self.device)
         self.train_items = torch.as_tensor(split.train.items, device=self.device)
         self.use_valid = split.valid is not None and len(split.valid) > 0
