@@ -5,6 +5,9 @@ Run (from the repository root, with ../shared/data present):
     python -m benchmarks.optimizer_quality --protocol ml-100k-recbole --optimizers adam,sparse_adam \
         --seeds 0,1,2 --threads 1
 
+An entry of ``--optimizers`` may carry its own settings after colons, which override ``--lr``, ``--reg``
+and ``--batch-size`` for that optimiser alone: ``online_sgd:lr=0.2:reg=1e-3:batch_size=16384``.
+
 Each (optimiser, seed) trains a fresh MF (dim 64) with the protocol of ``benchmarks.mf_bpr`` (the seed sets
 the initialisation and the training order; the split is fixed) and reports last-epoch test Recall@20 /
 NDCG@20, the mean training seconds per epoch and the Recall@20 curve at every evaluation. The summary gives
@@ -29,17 +32,29 @@ from recneg.data.datasets import load_dataset
 from recneg.train import Trainer
 
 
+def parse_optimizer(entry: str, args) -> tuple[str, dict]:
+    """``"name[:key=value]..."`` -> ``(label, TrainConfig settings)``; keys: lr, reg, batch_size."""
+    name, *pairs = entry.split(":")
+    settings = {"optimizer": name, "lr": args.lr, "reg": args.reg, "batch_size": args.batch_size}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in ("lr", "reg", "batch_size"):
+            raise SystemExit(
+                f"--optimizers {entry!r}: expected name:key=value with key lr, reg or batch_size"
+            )
+        settings[key] = int(value) if key == "batch_size" else float(value)
+    return entry, settings
+
+
 def run_one(split, spec: dict, optimizer: str, seed: int, args) -> dict:
+    label, settings = parse_optimizer(optimizer, args)
     train_kw = {**spec["train"], "patience": 0}
     if args.epochs:
         train_kw["epochs"] = args.epochs
     if args.eval_every:
         train_kw["eval_every"] = args.eval_every
     cfg = TrainConfig(
-        lr=args.lr,
-        reg=args.reg,
-        batch_size=args.batch_size,
-        optimizer=optimizer,
+        **settings,
         threads=args.threads,
         progress=False,
         seed=seed,
@@ -51,7 +66,7 @@ def run_one(split, spec: dict, optimizer: str, seed: int, args) -> dict:
     part = "valid" if split.valid is not None else "test"
     seconds = [h["train_seconds"] for h in result.history]
     return {
-        "optimizer": optimizer,
+        "optimizer": label,
         "seed": seed,
         "epochs": len(result.history),
         "seconds_per_epoch": sum(seconds) / len(seconds),
@@ -111,7 +126,8 @@ def main(argv=None) -> None:
     cmd = "python -m benchmarks.optimizer_quality " + " ".join(argv if argv is not None else sys.argv[1:])
     md = (
         f"# MF-BPR quality by optimiser ({args.protocol})\n\nCommand: `{cmd}`\n\n{split!r}; batch "
-        f"{args.batch_size}, lr {args.lr:g}, reg {args.reg:g}, dim 64, uniform negatives.\n\n"
+        f"{args.batch_size}, lr {args.lr:g}, reg {args.reg:g} unless an optimiser's entry sets its own; "
+        "dim 64, uniform negatives.\n\n"
         f"Machine: {stamp}\n\n"
         + md_table(summary, list(summary[0]))
         + "\n"

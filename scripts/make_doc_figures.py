@@ -171,14 +171,22 @@ def draw_two_tower(out: Path) -> Path:
 
 def peer_curves(peers: dict[str, Any]) -> dict[str, tuple[list[float], list[float]]]:
     """``{library: (training seconds, Recall@20)}`` at each evaluated epoch of ``benchmarks.peers``."""
-    fast = [r for r in peers["recneg_fast"]["epochs"] if "recall@20" in r]
-    return {
+    curves = {
         "implicit 0.7.3 BPR": (
             [r["cum"] for r in peers["implicit"]["curve"]],
             [r["recall@20"] for r in peers["implicit"]["curve"]],
-        ),
-        "recneg (Adam, batch 16384)": ([r["cum"] for r in fast], [r["recall@20"] for r in fast]),
+        )
     }
+    fast = peers["fast_config"]
+    labels = {
+        "recneg_fast": f"recneg fast ({fast['optimizer']}, batch {fast['batch_size']})",
+        "recneg_fast_adam": "recneg (Adam, batch 16384)",
+    }
+    for key, label in labels.items():
+        rows = [r for r in peers.get(key, {}).get("epochs", []) if "recall@20" in r]
+        if rows:
+            curves[label] = ([r["cum"] for r in rows], [r["recall@20"] for r in rows])
+    return curves
 
 
 def draw_peer_curves(out: Path) -> Path:
