@@ -77,6 +77,10 @@ class Runner:
             if fused and not blocker
             else None
         )
+        if optimizer == "online_sgd":  # no autograd path: the compiled pair-by-pair step or nothing
+            if self.fused is None:
+                raise SystemExit(f"--optimizer online_sgd cannot run {spec}: {blocker or 'fused step off'}")
+            self.fused.check_online_sgd()
         self.users = torch.as_tensor(split.train.users, device=self.device)
         self.items = torch.as_tensor(split.train.items, device=self.device)
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
@@ -112,7 +116,8 @@ class Runner:
 def _step_kind(runner: Runner) -> str:
     if runner.fused is None:
         return "autograd"
-    return "compiled" if runner.fused.compiled else "fused"
+    online = runner.optimizer == "online_sgd"
+    return "compiled" if runner.fused.compiled or online else "fused"
 
 
 def _uptime() -> str:
@@ -130,7 +135,10 @@ def main(argv=None) -> None:
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     ap.add_argument(
-        "--optimizer", default="adam", help="adam | sparse_adam (models that cannot use it keep adam)"
+        "--optimizer",
+        default="adam",
+        help="adam | sparse_adam (models that cannot use it keep adam) | online_sgd (mf with item-row "
+        "samplers only; use --fused-step auto)",
     )
     ap.add_argument(
         "--fused-step",
@@ -158,7 +166,7 @@ def main(argv=None) -> None:
             device=device,
             fused=args.fused_step != "off",
         )
-        if args.fused_step == "both" and runners[n].fused is not None:
+        if args.fused_step == "both" and runners[n].fused is not None and args.optimizer != "online_sgd":
             twin = f"{n} (autograd)"
             runners[twin] = Runner(
                 split, CONFIGS[n], args.batch_size, optimizer=args.optimizer, device=device, fused=False
