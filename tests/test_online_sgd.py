@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -226,3 +227,12 @@ def test_cli_trains_with_online_sgd(tmp_path, capsys):
     epochs = [h for h in history if "step_paths" in h]
     assert epochs and all(set(h["step_paths"]) == {"compiled"} for h in epochs)
     assert epochs[-1]["loss"] < epochs[0]["loss"]
+
+
+def test_an_adam_sized_lr_warns():
+    with pytest.warns(UserWarning, match="lr=0.001 .* learn very slowly"):
+        TrainConfig(optimizer="online_sgd")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TrainConfig(optimizer="online_sgd", lr=0.05)
+        TrainConfig(optimizer="adam", lr=1e-3)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ from recneg.registry import config_from_mapping, suggest
 
 #: ``TrainConfig.fused_step`` choices (see :mod:`recneg.fused_step`)
 FUSED_STEP_MODES = ("auto", "off")
+#: below this lr, ``online_sgd`` (a per-pair step) warns that it will hardly move the tables
+ONLINE_SGD_LOW_LR = 5e-3
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -124,6 +127,14 @@ class TrainConfig:
             raise ConfigError(
                 f"weight_decay of TrainConfig must be 0 with optimizer {self.optimizer} (it would decay only "
                 f"the batch's rows), got {self.weight_decay:g}; use reg (R1) instead"
+            )
+        if self.optimizer == "online_sgd" and self.lr < ONLINE_SGD_LOW_LR:
+            warnings.warn(
+                f"optimizer online_sgd takes lr as the step of one pair's gradient; lr={self.lr:g} (Adam's "
+                f"scale) will learn very slowly: 0.05-0.2 trained MF well on Gowalla and ml-100k "
+                f"(docs/performance.md)",
+                UserWarning,
+                stacklevel=3,
             )
         require_int("eval_every", self, low=1)
         require_int("patience", self, low=0)
