@@ -236,3 +236,12 @@ def test_an_adam_sized_lr_warns():
         warnings.simplefilter("error")
         TrainConfig(optimizer="online_sgd", lr=0.05)
         TrainConfig(optimizer="adam", lr=1e-3)
+
+
+def test_a_kernel_that_cannot_compile_is_a_config_error(small_split, monkeypatch):
+    def broken():
+        raise RuntimeError("no LLVM here")
+
+    monkeypatch.setattr(kernels, "warm_up_online_sgd", broken)
+    with pytest.raises(ConfigError, match="could not be built here .*no LLVM here"):
+        _trainer(small_split)

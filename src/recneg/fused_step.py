@@ -158,7 +158,13 @@ class FusedMFStep:
                 "optimizer online_sgd steps on each pair's term of the mean loss; the loss has "
                 f"reduction={self.loss_fn.config.reduction!r}: use reduction='mean'"
             )
-        kernels.warm_up_online_sgd()
+        try:
+            kernels.warm_up_online_sgd()
+        except Exception as exc:  # numba's errors have no common base; any failure means "not here"
+            raise ConfigError(
+                f"optimizer online_sgd: its compiled kernel could not be built here ({type(exc).__name__}: "
+                f"{exc}); use optimizer sparse_adam or adam"
+            ) from exc
 
     def __call__(
         self, users: Tensor, pos: Tensor, generator: torch.Generator | None = None
