@@ -11,12 +11,13 @@ batch's rows of the table and of both moments. The kernels here walk the batch o
    gradient summed over a row's occurrences, and zeroes the scratch rows again.
 
 The result is LazyAdam's step to float rounding (``tests/test_fused_step.py`` checks it).
+numba is optional (``pip install recneg[fast]``) and imported on first
+use; without it :data:`AVAILABLE` is False and the tensor paths run (same maths).
 
 ``online_sgd_bpr`` is the ``online_sgd`` optimiser (:class:`~recneg.optim.OnlineSGD`): Rendle et al.'s
 LearnBPR, one SGD update per pair, in batch order, on the rows in place (``tests/test_online_sgd.py``
-checks it against a plain reference written pair by pair).
-numba is optional (``pip install recneg[fast]``) and imported on first
-use; without it :data:`AVAILABLE` is False and the tensor paths run (same maths).
+checks it against a plain reference written pair by pair). It has no tensor path: without numba the
+trainer refuses ``online_sgd`` with a ``ConfigError``.
 """
 
 from __future__ import annotations
