@@ -239,8 +239,9 @@ def main(argv=None) -> int:
         "recbole",
         "implicit",
     ):  # record the data folder relative to the repository, not this machine
-        if isinstance(res.get(part), dict) and "data" in res[part]:
-            res[part]["data"] = os.path.relpath(res[part]["data"], repo)
+        for record in (res.get(part), (res.get(part) or {}).get("settings")):
+            if isinstance(record, dict) and "data" in record:
+                record["data"] = os.path.relpath(record["data"], repo)
     res["load_avg_after"] = os.getloadavg()
     res["peak_rss_mb"] = peak_rss_mb()
     rows, ratios = _summarise(res)

@@ -187,37 +187,6 @@ def test_online_sgd_step_is_plain_sgd_for_a_gradient_it_is_handed():
         OnlineSGD([p], lr=0.0)
 
 
-def test_online_sgd_resumes_to_the_same_numbers(small_split, tmp_path, monkeypatch):
-    cfg = TrainConfig(**{**FAST, "epochs": 4, "eval_every": 2}, optimizer="online_sgd", deterministic=True)
-
-    def trainer(out):
-        torch.manual_seed(0)
-        model = recneg.build_model("mf", small_split.train, dim=8)
-        return Trainer(model, recneg.build_sampler("uniform"), small_split, config=cfg, out_dir=out)
-
-    (tmp_path / "a").mkdir()
-    full = trainer(tmp_path / "a").run()
-    (tmp_path / "b").mkdir()
-    crashed = trainer(tmp_path / "b")
-    original = Trainer.train_epoch
-
-    def crash_in_epoch_3(self):
-        if self.epoch == 2:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "train_epoch", crash_in_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
-        crashed.run()
-    monkeypatch.setattr(Trainer, "train_epoch", original)
-    resumed = trainer(tmp_path / "b")
-    assert resumed.resume_from(tmp_path / "b") and resumed.epoch == 2
-    assert isinstance(resumed.optimizer, OnlineSGD)
-    res = resumed.run()
-    assert [h["loss"] for h in res.history] == [h["loss"] for h in full.history]
-    assert res.test == full.test
-
-
 def test_cli_trains_with_online_sgd(tmp_path, capsys):
     from recneg.cli import main
 

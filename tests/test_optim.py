@@ -11,7 +11,7 @@ import recneg
 from recneg.config import TrainConfig
 from recneg.losses import bpr_loss, l2_regularization
 from recneg.models import base as model_base
-from recneg.optim import LazyAdam, make_optimizer, use_sparse_gradients
+from recneg.optim import LazyAdam, OnlineSGD, make_optimizer, use_sparse_gradients
 from recneg.train import Trainer, fit
 
 B1, B2, EPS, LR = 0.9, 0.999, 1e-8, 0.1
@@ -128,8 +128,13 @@ def test_sparse_adam_needs_a_row_sparse_model_and_no_weight_decay(small_split):
 FAST = dict(epochs=4, batch_size=256, eval_every=2, patience=0, progress=False, lr=5e-3, threads=1)
 
 
-def test_sparse_adam_trains_and_resumes_to_the_same_numbers(small_split, tmp_path, monkeypatch):
-    cfg = TrainConfig(**FAST, optimizer="sparse_adam")
+@pytest.mark.parametrize(
+    "optimizer, lr, cls", [("sparse_adam", 5e-3, LazyAdam), ("online_sgd", 0.05, OnlineSGD)]
+)
+def test_row_sparse_optimizers_train_and_resume_to_the_same_numbers(
+    small_split, tmp_path, monkeypatch, optimizer, lr, cls
+):
+    cfg = TrainConfig(**{**FAST, "lr": lr}, optimizer=optimizer)  # threads=1: online_sgd runs in order
 
     def trainer(out):
         torch.manual_seed(0)
@@ -159,7 +164,7 @@ def test_sparse_adam_trains_and_resumes_to_the_same_numbers(small_split, tmp_pat
     monkeypatch.setattr(Trainer, "train_epoch", original)
     resumed = trainer(tmp_path / "b")
     assert resumed.resume_from(tmp_path / "b") and resumed.epoch == 2
-    assert isinstance(resumed.optimizer, LazyAdam)
+    assert isinstance(resumed.optimizer, cls)
     res = resumed.run()
     assert [h["loss"] for h in res.history] == [h["loss"] for h in full.history]
     assert res.test == full.test

@@ -43,6 +43,16 @@ OPTIMIZERS = ("adam", "adagrad", "sparse_adam", "online_sgd")
 SPARSE_OPTIMIZERS = ("sparse_adam", "online_sgd")
 
 
+def _group_of(optimizer: torch.optim.Optimizer, p: Tensor) -> dict:
+    """The parameter group of ``optimizer`` that holds ``p``; a ``ConfigError`` if none does."""
+    for group in optimizer.param_groups:
+        if any(q is p for q in group["params"]):
+            return group
+    raise ConfigError(
+        f"{type(optimizer).__name__}: a parameter of shape {tuple(p.shape)} is not among its parameters"
+    )
+
+
 class LazyAdam(torch.optim.Optimizer):
     """Adam that updates, for a row-sparse gradient, only the gathered rows and their moments.
 
@@ -89,10 +99,7 @@ class LazyAdam(torch.optim.Optimizer):
 
     def group_of(self, p: Tensor) -> dict:
         """The parameter group that holds ``p``."""
-        for group in self.param_groups:
-            if any(q is p for q in group["params"]):
-                return group
-        raise ConfigError(f"LazyAdam: a parameter of shape {tuple(p.shape)} is not among its parameters")
+        return _group_of(self, p)
 
     def advance(self, p: Tensor, group: dict) -> tuple[Tensor, Tensor, float, float]:
         """Start a step of ``p``: moments ``(m, v)``, ``step_size = lr / (1 − β1^t)``, ``sqrt(1 − β2^t)``.
@@ -175,10 +182,7 @@ class OnlineSGD(torch.optim.Optimizer):
 
     def lr_of(self, p: Tensor) -> float:
         """The ``lr`` of the group that holds ``p``."""
-        for group in self.param_groups:
-            if any(q is p for q in group["params"]):
-                return float(group["lr"])
-        raise ConfigError(f"OnlineSGD: a parameter of shape {tuple(p.shape)} is not among its parameters")
+        return float(_group_of(self, p)["lr"])
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
