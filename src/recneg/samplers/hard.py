@@ -201,11 +201,13 @@ class DNSMNConfig:
 
 
 def _topk_negatives(pool: Tensor, scores: Tensor, k: int, view: ModelView, weighted: bool) -> Negatives:
-    top = scores.topk(k, dim=1)
-    ids = pool.gather(1, top.indices)
+    # k = 1 (DNS): one max instead of topk + max (on CPU topk over [2048, 32] took 4x a max)
+    top_values, top_indices = scores.max(1, keepdim=True) if k == 1 else scores.topk(k, dim=1)
+    ids = pool.gather(1, top_indices)
+    best = top_values[:, 0] if k == 1 else scores.max(1).values
     stats = {
-        "pool_score_spread": _stat((scores.max(1).values - scores.min(1).values).mean()),
-        "chosen_minus_pool_mean": _stat((top.values.mean(1) - scores.mean(1)).mean()),
+        "pool_score_spread": _stat((best - scores.min(1).values).mean()),
+        "chosen_minus_pool_mean": _stat((top_values.mean(1) - scores.mean(1)).mean()),
     }
     weight = None
     if weighted:
