@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -83,6 +84,9 @@ def plain_item_negatives(neg: Negatives) -> bool:
         and neg.aux_loss is None
     )
 
+
+#: the tables, ``users``, ``pos``, ``negs`` and ``weight`` (or ``None``) as the compiled kernels take them
+_KernelArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
 
 #: what :meth:`FusedMFStep.__call__` did: left the graph to autograd, wrote ``.grad``, or also stepped
 AUTOGRAD, GRADIENTS, UPDATED = "autograd", "gradients", "updated"
@@ -207,6 +211,20 @@ class FusedMFStep:
             self._kernel = kernels.LazyAdamBPRKernel(len(table), n_items, table.shape[1])
         return True
 
+    def _kernel_arrays(self, users: Tensor, pos: Tensor, neg: Negatives) -> _KernelArrays:
+        """What both kernels read: the two tables (written in place), ``users, pos [B]``, ``negs [B, n]``
+        int64 and ``weight [B, n]`` float32 (or ``None``), as numpy views."""
+        assert neg.ids is not None
+        weight = neg.weight.detach().float().contiguous().numpy() if neg.weight is not None else None
+        return (
+            self.model.user_embedding.weight.detach().numpy(),
+            self.model.item_embedding.weight.detach().numpy(),
+            users.contiguous().numpy(),
+            pos.contiguous().numpy(),
+            neg.ids.to(torch.int64).contiguous().numpy(),
+            weight,
+        )
+
     def _compiled_step(self, users: Tensor, pos: Tensor, neg: Negatives) -> Tensor:
         assert isinstance(self.optimizer, LazyAdam) and neg.ids is not None and self._kernel is not None
         user_table, item_table = self.model.user_embedding.weight, self.model.item_embedding.weight
@@ -217,14 +235,8 @@ class FusedMFStep:
             m, v, step_size, sqrt_bc2 = self.optimizer.advance(table, group)
             adam.append((m.numpy(), v.numpy(), step_size, sqrt_bc2))
         beta1, beta2 = group["betas"]
-        weight = neg.weight.detach().float().contiguous().numpy() if neg.weight is not None else None
         loss = self._kernel.step(
-            user_table.detach().numpy(),
-            item_table.detach().numpy(),
-            users.contiguous().numpy(),
-            pos.contiguous().numpy(),
-            neg.ids.to(torch.int64).contiguous().numpy(),
-            weight,
+            *self._kernel_arrays(users, pos, neg),
             self.beta,
             1.0 / len(users) if self.mean else 1.0,
             self.reg / len(users),
@@ -247,14 +259,8 @@ class FusedMFStep:
         user_table, item_table = self.model.user_embedding.weight, self.model.item_embedding.weight
         user_table.grad = item_table.grad = None
         with torch.no_grad():
-            weight = neg.weight.detach().float().contiguous().numpy() if neg.weight is not None else None
             total = kernels.online_sgd_bpr(
-                user_table.detach().numpy(),
-                item_table.detach().numpy(),
-                users.contiguous().numpy(),
-                pos.contiguous().numpy(),
-                neg.ids.to(torch.int64).contiguous().numpy(),
-                weight,
+                *self._kernel_arrays(users, pos, neg),
                 self.beta,
                 self.optimizer.lr_of(item_table),
                 self.reg,

@@ -53,7 +53,26 @@ def _group_of(optimizer: torch.optim.Optimizer, p: Tensor) -> dict:
     )
 
 
-class LazyAdam(torch.optim.Optimizer):
+class _PerParameterOptimizer(torch.optim.Optimizer):
+    """An optimiser whose step is ``_update(p, p.grad, group)`` for each parameter that has a gradient."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._update(p, p.grad, group)
+        return loss
+
+    def _update(self, p: Tensor, grad: Tensor, group: dict) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class LazyAdam(_PerParameterOptimizer):
     """Adam that updates, for a row-sparse gradient, only the gathered rows and their moments.
 
     For a parameter ``P [n, *f]`` whose gradient is a sparse COO tensor with row indices ``r [nnz]``
@@ -84,18 +103,6 @@ class LazyAdam(torch.optim.Optimizer):
             raise ConfigError(f"eps of LazyAdam must be >= 0, got {eps!r}")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps})
         self._scratch: dict[int, Tensor] = {}  # per-parameter gradient sums; all zeros between steps
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._update(p, p.grad, group)
-        return loss
 
     def group_of(self, p: Tensor) -> dict:
         """The parameter group that holds ``p``."""
@@ -152,7 +159,7 @@ class LazyAdam(torch.optim.Optimizer):
         p.index_copy_(0, rows, p_rows)
 
 
-class OnlineSGD(torch.optim.Optimizer):
+class OnlineSGD(_PerParameterOptimizer):
     """SGD that the compiled MF step applies pair by pair (``online_sgd``; see the module docstring).
 
     The trainer's :class:`~recneg.fused_step.FusedMFStep` updates the MF tables itself, one pair at a time,
@@ -168,17 +175,8 @@ class OnlineSGD(torch.optim.Optimizer):
             raise ConfigError(f"lr of OnlineSGD must be > 0, got {lr!r}")
         super().__init__(params, {"lr": lr})
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    p.add_(p.grad, alpha=-group["lr"])
-        return loss
+    def _update(self, p: Tensor, grad: Tensor, group: dict) -> None:
+        p.add_(grad, alpha=-group["lr"])
 
     def lr_of(self, p: Tensor) -> float:
         """The ``lr`` of the group that holds ``p``."""
