@@ -57,6 +57,7 @@ class Runner:
         optimizer: str = "adam",
         device="cpu",
         fused: bool = True,
+        kernels: bool = True,
     ):
         from recneg.fused_step import FusedMFStep, fused_step_blocker
         from recneg.optim import make_optimizer, use_sparse_gradients
@@ -78,7 +79,7 @@ class Runner:
         self.opt = make_optimizer(optimizer, params, 1e-3)
         blocker = fused_step_blocker(self.model, self.sampler, self.loss, "r1", distributed=False)
         self.fused = (
-            FusedMFStep(self.model, self.sampler, self.loss, 1e-4, self.opt)
+            FusedMFStep(self.model, self.sampler, self.loss, 1e-4, self.opt, use_kernels=kernels)
             if fused and not blocker
             else None
         )
@@ -149,8 +150,9 @@ def main(argv=None) -> None:
         "--fused-step",
         default="both",
         choices=("both", "auto", "off"),
-        help="both: time each config the fused MF step serves twice, fused and with autograd (the "
-        "trainer's fused_step='off'); auto: as the trainer runs by default; off: autograd only",
+        help="both: time each config the fused MF step serves also with autograd (the trainer's "
+        "fused_step='off') and, where it runs the compiled kernels, also on its tensor path; auto: as the "
+        "trainer runs by default; off: autograd only",
     )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -177,11 +179,14 @@ def main(argv=None) -> None:
             skipped[n] = str(exc)
             continue
         if args.fused_step == "both" and runners[n].fused is not None and args.optimizer != "online_sgd":
-            twin = f"{n} (autograd)"
-            runners[twin] = Runner(
-                split, CONFIGS[n], args.batch_size, optimizer=args.optimizer, device=device, fused=False
-            )
-            runners[twin].candidates = runners[n].candidates
+            twins = {f"{n} (autograd)": {"fused": False}}
+            if runners[n].fused.compiled:
+                twins = {f"{n} (tensor)": {"kernels": False}, **twins}
+            for twin, kind in twins.items():
+                runners[twin] = Runner(
+                    split, CONFIGS[n], args.batch_size, optimizer=args.optimizer, device=device, **kind
+                )
+                runners[twin].candidates = runners[n].candidates
     names = list(runners)
     for r in runners.values():  # warm-up: first-use allocations, bitmap build
         r.step()

@@ -106,11 +106,16 @@ def test_false_negative_rate_exact_and_uniform_baseline():
     assert ru.history[-1]["diagnostics"]["fn_rate"] == pytest.approx(2 / 26, abs=0.02)
 
 
-def test_pick_overlap_replays_the_same_pools(small_split):
+@pytest.mark.parametrize("optimizer", ["adam", "sparse_adam"])
+def test_pick_overlap_replays_the_same_pools(small_split, optimizer):
+    """Also where the MF step has compiled kernels (they update the tables inside the step): with a
+    per-batch hook the trainer keeps the tensor path, so the replay scores the tables the sampler saw."""
     same = PickOverlap(recneg.build_sampler("dns", n_candidates=16))
     other = PickOverlap(recneg.build_sampler("dns", n_candidates=16, exclude_positives=False), name="o2")
     weak = PickOverlap(recneg.build_sampler("uniform"), name="vs_uniform")
-    res = _fit(small_split, recneg.build_sampler("dns", n_candidates=16), [same, other, weak])
+    sampler = recneg.build_sampler("dns", n_candidates=16)
+    res = _fit(small_split, sampler, [same, other, weak], optimizer=optimizer)
+    assert set(res.history[0]["step_paths"]) == {"fused"}
     d = res.history[-1]["diagnostics"]
     assert d["overlap"] == pytest.approx(1.0)  # identical sampler on identical pools
     assert d["vs_uniform"] < 0.2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ from recneg.config import TrainConfig
 from recneg.errors import ConfigError
 from recneg.fused_step import AUTOGRAD, GRADIENTS, UPDATED, FusedMFStep, fused_step_blocker
 from recneg.losses import BPRConfig, BPRLoss, SoftBPRConfig, SoftBPRLoss
-from recneg.optim import LazyAdam, use_sparse_gradients
+from recneg.optim import LazyAdam, compiled_adam_blocker, use_sparse_gradients
 from recneg.train import Trainer, fit
 from recneg.train_step import TrainStep
 
@@ -175,7 +177,84 @@ def test_trainer_runs_the_compiled_step_for_sparse_adam(small_split):
         small_split,
         config=TrainConfig(**FAST, optimizer="adam"),
     )
-    assert adam.fused is not None and not adam.fused.compiled  # dense Adam: the tensor path
+    assert adam.fused is not None and adam.fused.compiled  # dense Adam: the compiled dense update
+    adagrad = Trainer(
+        recneg.build_model("mf", small_split.train, dim=8),
+        recneg.build_sampler("uniform"),
+        small_split,
+        config=TrainConfig(**FAST, optimizer="adagrad"),
+    )
+    assert adagrad.fused is not None and not adagrad.fused.compiled  # Adagrad: the tensor path
+    assert adagrad.train_epoch()["step_paths"] == {"fused": math.ceil(len(small_split.train) / 64)}
+
+
+def _adam_steps(small_split, case, reg, weight_decay, compiled_steps, n_steps=3):
+    """``n_steps`` MF steps with torch's Adam; those in ``compiled_steps`` through the compiled kernel,
+    the others through autograd + ``optimizer.step()``. Returns the model, optimiser and losses."""
+    name, args, loss_fn = CASES[case]
+    torch.manual_seed(0)
+    model = recneg.build_model("mf", small_split.train, dim=8)
+    sampler = recneg.build_sampler(name, **args).bind(small_split.train)
+    opt = torch.optim.Adam(list(model.parameters()), lr=0.05, weight_decay=weight_decay, fused=True)
+    fused = FusedMFStep(model, sampler, loss_fn, reg, opt)
+    step = TrainStep(model, sampler, loss_fn, reg)
+    train, losses = small_split.train, []
+    for s in range(n_steps):
+        idx = torch.randint(0, len(train), (40,), generator=torch.Generator().manual_seed(s))
+        idx = torch.cat([idx, idx[:10]])  # the same (user, positive) twice in one batch
+        users, pos = torch.as_tensor(train.users)[idx], torch.as_tensor(train.items)[idx]
+        if s in compiled_steps:
+            assert fused.compiled
+            loss, _, _, status = fused(users, pos, torch.Generator().manual_seed(s))
+            assert status == UPDATED
+        else:
+            opt.zero_grad(set_to_none=True)
+            loss = step(users, pos, torch.Generator().manual_seed(s))[0]
+            loss.backward()
+            opt.step()
+        losses.append(loss.detach())
+    return model, opt, losses
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize(("reg", "weight_decay"), [(0.0, 0.0), (0.05, 0.0), (0.0, 0.01)])
+def test_compiled_dense_adam_step_equals_autograd_plus_adam(small_split, case, reg, weight_decay):
+    """The compiled dense update is torch's Adam: every row moves (momentum), weight decay on all rows."""
+    pytest.importorskip("numba")
+    m_auto, opt_auto, loss_auto = _adam_steps(small_split, case, reg, weight_decay, compiled_steps=())
+    m_comp, opt_comp, loss_comp = _adam_steps(small_split, case, reg, weight_decay, compiled_steps=(0, 1, 2))
+    torch.testing.assert_close(loss_comp, loss_auto, rtol=1e-5, atol=1e-6)
+    for a, c in zip(m_auto.parameters(), m_comp.parameters(), strict=True):
+        torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-6)
+        sa, sc = opt_auto.state[a], opt_comp.state[c]
+        assert sc["step"].dtype == sa["step"].dtype and float(sc["step"]) == float(sa["step"]) == 3
+        torch.testing.assert_close(sc["exp_avg"], sa["exp_avg"], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(sc["exp_avg_sq"], sa["exp_avg_sq"], rtol=1e-4, atol=1e-9)
+
+
+def test_compiled_and_autograd_adam_steps_share_one_state(small_split):
+    """A compiled step, then torch's own Adam step, then a compiled one: the same as three of torch's."""
+    pytest.importorskip("numba")
+    m_auto, _, loss_auto = _adam_steps(small_split, "dns-softbpr", 0.05, 0.0, compiled_steps=())
+    m_mix, _, loss_mix = _adam_steps(small_split, "dns-softbpr", 0.05, 0.0, compiled_steps=(0, 2))
+    torch.testing.assert_close(loss_mix, loss_auto, rtol=1e-5, atol=1e-6)
+    for a, c in zip(m_auto.parameters(), m_mix.parameters(), strict=True):
+        torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-6)
+
+
+def test_adam_variants_the_kernel_does_not_implement_keep_the_tensor_path(small_split):
+    pytest.importorskip("numba")
+    model = recneg.build_model("mf", small_split.train, dim=8)
+    tables = list(model.parameters())
+    assert compiled_adam_blocker(torch.optim.Adam(tables), tables) is None
+    assert "amsgrad" in compiled_adam_blocker(torch.optim.Adam(tables, amsgrad=True), tables)
+    assert "maximize" in compiled_adam_blocker(torch.optim.Adam(tables, maximize=True), tables)
+    assert "AdamW" in compiled_adam_blocker(torch.optim.AdamW(tables), tables)
+    assert "not among" in compiled_adam_blocker(torch.optim.Adam(tables[:1]), tables)
+    sampler = recneg.build_sampler("uniform").bind(small_split.train)
+    fused = FusedMFStep(model, sampler, BPRLoss(), 1e-4, torch.optim.Adam(tables, amsgrad=True))
+    users, pos = torch.as_tensor(small_split.train.users[:20]), torch.as_tensor(small_split.train.items[:20])
+    assert not fused.compiled and fused(users, pos, torch.Generator().manual_seed(0))[3] == GRADIENTS
 
 
 def test_a_kernel_that_cannot_compile_falls_back_to_the_tensor_path(small_split, monkeypatch):
@@ -186,7 +265,7 @@ def test_a_kernel_that_cannot_compile_falls_back_to_the_tensor_path(small_split,
     def broken():
         raise RuntimeError("no LLVM here")
 
-    monkeypatch.setattr(kernels.LazyAdamBPRKernel, "warm_up", staticmethod(broken))
+    monkeypatch.setattr(kernels.AdamBPRKernel, "warm_up", staticmethod(broken))
     (model, sampler), _ = _pair(small_split, "uniform", {}, sparse=True)
     opt = LazyAdam(list(model.parameters()), lr=0.05)
     fused = FusedMFStep(model, sampler, BPRLoss(), 1e-4, opt)

@@ -101,7 +101,8 @@ def _add_train_parser(sub) -> None:
         "--fused-step",
         choices=("auto", "off"),
         help="auto (default): mf + bpr/softbpr + r1 over real-item negatives computes its gradients by hand "
-        "(same maths, faster; with sparse_adam one compiled pass when numba is installed) | off: autograd",
+        "(same maths, faster; with adam or sparse_adam, compiled kernels when numba is installed) | off: "
+        "autograd",
     )
     g.add_argument("--reg", type=float, help="λ of the regulariser (see --regularizer)")
     g.add_argument(

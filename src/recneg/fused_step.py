@@ -34,7 +34,7 @@ from recneg.errors import ConfigError
 from recneg.losses import BPRLoss, SoftBPRLoss, regularization
 from recneg.models.base import ModelView
 from recneg.models.mf import MF
-from recneg.optim import LazyAdam, OnlineSGD
+from recneg.optim import LazyAdam, OnlineSGD, _group_of, adam_advance, compiled_adam_blocker
 from recneg.samplers.base import Negatives, Sampler
 
 
@@ -98,12 +98,16 @@ class FusedMFStep:
     Args:
         model: an :class:`~recneg.models.MF`; sampler: a bound sampler; loss_fn: :class:`BPRLoss` or
             :class:`SoftBPRLoss`; reg: λ of R1; optimizer: the trainer's optimiser. When it is
-            :class:`~recneg.optim.LazyAdam` (``sparse_adam``) over CPU float32 tables and numba is installed,
-            gradient and update run as one compiled pass (:mod:`recneg.kernels`), LazyAdam's step to float
-            rounding. When it is :class:`~recneg.optim.OnlineSGD` (``online_sgd``), every batch runs the
-            compiled pair-by-pair SGD (:func:`recneg.kernels.online_sgd_bpr`); there is no tensor path.
+            :class:`~recneg.optim.LazyAdam` (``sparse_adam``) or plain :class:`torch.optim.Adam` (``adam``,
+            see :func:`~recneg.optim.compiled_adam_blocker`) over CPU float32 tables and numba is installed,
+            gradient and update run as compiled passes (:mod:`recneg.kernels`), the optimiser's step to
+            float rounding, on its own state. When it is :class:`~recneg.optim.OnlineSGD` (``online_sgd``),
+            every batch runs the compiled pair-by-pair SGD (:func:`recneg.kernels.online_sgd_bpr`); there is
+            no tensor path.
         deterministic: ``online_sgd`` runs its pairs on one thread, in order (else on torch's threads,
             Hogwild: faster, and not reproducible bit for bit).
+        use_kernels: ``False`` keeps Adam and LazyAdam on the tensor path (the same maths; for comparing
+            the two). ``online_sgd`` has no tensor path and ignores it.
 
     Use: ``loss, view, neg, status = step(users, pos, generator)``. ``status`` is :data:`UPDATED`: the
     tables are already updated; :data:`GRADIENTS`: the tables' ``.grad`` hold this batch's gradient: call
@@ -119,6 +123,7 @@ class FusedMFStep:
         reg: float,
         optimizer: torch.optim.Optimizer | None = None,
         deterministic: bool = False,
+        use_kernels: bool = True,
     ):
         self.model, self.sampler, self.loss_fn, self.reg = model, sampler, loss_fn, float(reg)
         self.deterministic = deterministic
@@ -127,19 +132,19 @@ class FusedMFStep:
         self.optimizer = optimizer
         self._buffers: dict[int, Tensor] = {}
         self._touched: list[tuple[Tensor, Tensor]] = []
-        self._kernel: kernels.LazyAdamBPRKernel | None = None
-        self._kernel_error: str | None = None  # why the compiled kernel could not be built here
+        self._kernel: kernels.AdamBPRKernel | None = None
+        # why the compiled kernels do not run here: None, or numba's compile error, or the caller's choice
+        self._kernel_error: str | None = None if use_kernels else "use_kernels=False"
 
     @property
     def compiled(self) -> bool:
-        """Whether plain batches run the compiled lazy-Adam kernel (checked each step: tables may move)."""
-        return (
-            kernels.AVAILABLE
-            and self._kernel_error is None
-            and isinstance(self.optimizer, LazyAdam)
-            and self.model.sparse_gradients
-            and self._tables_compilable()
-        )
+        """Whether plain batches run the compiled Adam kernels (checked each step: tables may move)."""
+        if not (kernels.AVAILABLE and self._kernel_error is None and self._tables_compilable()):
+            return False
+        if isinstance(self.optimizer, LazyAdam):
+            return self.model.sparse_gradients
+        tables = [self.model.user_embedding.weight, self.model.item_embedding.weight]
+        return not self.model.sparse_gradients and compiled_adam_blocker(self.optimizer, tables) is None
 
     def _tables_compilable(self) -> bool:
         tables = (self.model.user_embedding.weight, self.model.item_embedding.weight)
@@ -196,11 +201,11 @@ class FusedMFStep:
         """Build the kernel's scratch once; if numba cannot compile here, warn and keep the tensor path."""
         if self._kernel is None:
             try:
-                kernels.LazyAdamBPRKernel.warm_up()
+                kernels.AdamBPRKernel.warm_up()
             except Exception as exc:  # numba's errors have no common base; any failure means "not here"
                 self._kernel_error = f"{type(exc).__name__}: {exc}"
                 warnings.warn(
-                    f"the compiled sparse_adam step could not be built ({self._kernel_error}); training goes "
+                    f"the compiled Adam step could not be built ({self._kernel_error}); training goes "
                     f"on with the tensor path (same maths, slower)",
                     RuntimeWarning,
                     stacklevel=3,
@@ -208,7 +213,7 @@ class FusedMFStep:
                 return False
             table = self.model.user_embedding.weight
             n_items = self.model.item_embedding.weight.shape[0]
-            self._kernel = kernels.LazyAdamBPRKernel(len(table), n_items, table.shape[1])
+            self._kernel = kernels.AdamBPRKernel(len(table), n_items, table.shape[1])
         return True
 
     def _kernel_arrays(self, users: Tensor, pos: Tensor, neg: Negatives) -> _KernelArrays:
@@ -226,24 +231,32 @@ class FusedMFStep:
         )
 
     def _compiled_step(self, users: Tensor, pos: Tensor, neg: Negatives) -> Tensor:
-        assert isinstance(self.optimizer, LazyAdam) and neg.ids is not None and self._kernel is not None
+        """Gradient and optimiser update of a plain batch in the compiled kernels; returns the loss."""
+        assert self._kernel is not None and self.optimizer is not None
+        optimizer = self.optimizer
+        lazy = isinstance(optimizer, LazyAdam)
         user_table, item_table = self.model.user_embedding.weight, self.model.item_embedding.weight
         adam = []
         for table in (user_table, item_table):
             table.grad = None  # the update below replaces the optimiser's step
-            group = self.optimizer.group_of(table)
-            m, v, step_size, sqrt_bc2 = self.optimizer.advance(table, group)
-            adam.append((m.numpy(), v.numpy(), step_size, sqrt_bc2))
-        beta1, beta2 = group["betas"]
+            group = _group_of(optimizer, table)
+            if isinstance(optimizer, LazyAdam):
+                m, v, step_size, sqrt_bc2 = optimizer.advance(table, group)
+            else:
+                assert isinstance(optimizer, torch.optim.Adam)
+                m, v, step_size, sqrt_bc2 = adam_advance(optimizer, table, group)
+            beta1, beta2 = group["betas"]
+            wd = 0.0 if lazy else float(group["weight_decay"])
+            adam.append(
+                kernels.AdamState(m.numpy(), v.numpy(), step_size, sqrt_bc2, beta1, beta2, group["eps"], wd)
+            )
         loss = self._kernel.step(
             *self._kernel_arrays(users, pos, neg),
             self.beta,
             1.0 / len(users) if self.mean else 1.0,
             self.reg / len(users),
             adam,
-            beta1,
-            beta2,
-            group["eps"],
+            dense=not lazy,
         )
         return torch.tensor(loss, dtype=user_table.dtype)
 

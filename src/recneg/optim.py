@@ -53,6 +53,51 @@ def _group_of(optimizer: torch.optim.Optimizer, p: Tensor) -> dict:
     )
 
 
+#: flags of :class:`torch.optim.Adam` that the compiled MF step does not implement
+_ADAM_FLAGS_NOT_COMPILED = ("amsgrad", "maximize", "capturable", "differentiable", "decoupled_weight_decay")
+
+
+def compiled_adam_blocker(optimizer: torch.optim.Optimizer | None, params: list[Tensor]) -> str | None:
+    """Why the compiled MF step cannot apply ``optimizer``'s dense Adam update to ``params``, or ``None``.
+
+    It implements plain :class:`torch.optim.Adam` (with or without ``weight_decay``, fused or not), whose
+    state it reads and writes as Adam's own ``step`` does, so the two paths can alternate and resume.
+    """
+    if type(optimizer) is not torch.optim.Adam:
+        return f"optimizer {type(optimizer).__name__} (only torch.optim.Adam)"
+    for p in params:
+        group = next((g for g in optimizer.param_groups if any(q is p for q in g["params"])), None)
+        if group is None:
+            return f"a table of shape {tuple(p.shape)} is not among the optimiser's parameters"
+        flags = [f for f in _ADAM_FLAGS_NOT_COMPILED if group.get(f)]
+        if flags:
+            return f"Adam with {', '.join(flags)}"
+        if isinstance(group["lr"], Tensor):
+            return "Adam with a tensor lr"
+    return None
+
+
+def adam_advance(optimizer: torch.optim.Adam, p: Tensor, group: dict) -> tuple[Tensor, Tensor, float, float]:
+    """Start a :class:`torch.optim.Adam` step of ``p`` outside ``optimizer.step()``, on its own state.
+
+    Creates the state as Adam does on first use (``step`` a float32 scalar tensor, on ``p``'s device when
+    fused), counts the step ``t`` and returns ``(exp_avg, exp_avg_sq, lr / (1 − β1^t), sqrt(1 − β2^t))``.
+    """
+    state = optimizer.state[p]
+    if not state:
+        if group.get("fused") or group.get("capturable"):
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+        else:
+            dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+            state["step"] = torch.tensor(0.0, dtype=dtype)
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    state["step"] += 1
+    t = float(state["step"])
+    beta1, beta2 = group["betas"]
+    return state["exp_avg"], state["exp_avg_sq"], group["lr"] / (1.0 - beta1**t), math.sqrt(1.0 - beta2**t)
+
+
 class _PerParameterOptimizer(torch.optim.Optimizer):
     """An optimiser whose step is ``_update(p, p.grad, group)`` for each parameter that has a gradient."""
 
@@ -224,6 +269,8 @@ def use_sparse_gradients(model, optimizer: str) -> None:
 
 
 __all__ = [
+    "adam_advance",
+    "compiled_adam_blocker",
     "LazyAdam",
     "OnlineSGD",
     "OPTIMIZERS",

@@ -119,7 +119,9 @@ class Trainer:
 
     ``callbacks``: objects with optional hooks, called in order —
     ``on_batch(trainer, batch_index, users, pos, view, negatives)`` after the sampler ran (for diagnostics:
-    the hooks see the batch and must not change it), and ``on_epoch_end(trainer, record) -> dict | None``
+    the hooks see the batch and must not change it; they see the tables as the sampler saw them, so with
+    such a hook the MF step leaves its compiled kernels, which update the tables inside the step, except
+    with ``online_sgd``, which has no other path), and ``on_epoch_end(trainer, record) -> dict | None``
     whose returned floats go to the epoch's ``history.jsonl`` line under ``"diagnostics"``.
 
     ``dist``: the process's place in a multi-process job; default :func:`recneg.distributed.current`
@@ -199,6 +201,8 @@ class Trainer:
                 cfg.reg,
                 self.optimizer,
                 deterministic=cfg.deterministic,
+                # the compiled kernels update the tables inside the step, before on_batch hooks run
+                use_kernels=not any(hasattr(cb, "on_batch") for cb in self.callbacks),
             )
             if self.fused_blocker is None
             else None
