@@ -8,12 +8,18 @@ For each configuration, ``--steps`` training steps (batch 2048, ``--optimizer``,
 rounds that interleave the configurations, so machine noise hits all of them alike; the median step time
 is reported with the extrapolated epoch time (steps per epoch = ceil(|train| / batch)) and the
 ratio to uniform.
+
+``--processes K`` repeats the whole measurement in K fresh processes, one after another, and reports the
+median over processes of each process's median step time and of each process's ratio, with their ranges:
+on the 2-core machine one configuration's median differed by up to 2× between processes (the same code,
+minutes apart), more than most differences being measured.
 Writes benchmarks/results/epoch_time_<dataset>.json and .md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import subprocess
@@ -154,7 +160,17 @@ def main(argv=None) -> None:
         "fused_step='off') and, where it runs the compiled kernels, also on its tensor path; auto: as the "
         "trainer runs by default; off: autograd only",
     )
+    ap.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="repeat the measurement in this many fresh processes and report medians and ranges over them",
+    )
+    ap.add_argument("--emit-json", action="store_true", help=argparse.SUPPRESS)  # a child of --processes
     args = ap.parse_args(argv)
+    if args.processes > 1:
+        _over_processes(args, list(argv if argv is not None else sys.argv[1:]))
+        return
     torch.set_num_threads(args.threads)
     TrainConfig(threads=args.threads)  # validates
     load_start = _uptime()
@@ -222,6 +238,13 @@ def main(argv=None) -> None:
                 **({"cuda max allocated MB": cuda_peak[n]} if n in cuda_peak else {}),
             }
         )
+    if args.emit_json:
+        print(
+            json.dumps(
+                {"rows": rows, "raw_seconds_per_step": times, "skipped": skipped, "split": repr(split)}
+            )
+        )
+        return
     stamp = {**machine_stamp(args.threads), "uptime_at_start": load_start, "uptime_at_end": _uptime()}
     cmd = "python -m benchmarks.epoch_time " + " ".join(argv if argv is not None else sys.argv[1:])
     md = (
@@ -235,6 +258,72 @@ def main(argv=None) -> None:
     write_results(
         f"epoch_time_{args.dataset}" + ("" if args.optimizer == "adam" else f"_{args.optimizer}"),
         {"machine": stamp, "command": cmd, "rows": rows, "raw_seconds_per_step": times, "skipped": skipped},
+        md,
+    )
+    print(md)
+
+
+def _over_processes(args, argv: list[str]) -> None:
+    """Run the measurement in ``args.processes`` fresh processes; write medians and ranges over them."""
+    load_start = _uptime()
+    runs = []
+    for i in range(args.processes):
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks.epoch_time", *argv, "--processes", "1", "--emit-json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"process {i + 1}/{args.processes} done", file=sys.stderr)
+    names = [r["config"] for r in runs[0]["rows"]]
+    base = names[0]
+    rows = []
+    for n in names:
+        per = [next(r for r in run["rows"] if r["config"] == n) for run in runs]
+        ms = [r["ms/step (median)"] for r in per]
+        ratio = [r[f"ratio to {base}"] for r in per]
+        twin = f"{n} (tensor)"  # the same configuration on the tensor path: their ratio, process by process
+        vs_tensor = (
+            [
+                m / next(r for r in run["rows"] if r["config"] == twin)["ms/step (median)"]
+                for m, run in zip(ms, runs, strict=True)
+            ]
+            if twin in names
+            else None
+        )
+        rows.append(
+            {
+                "config": n,
+                "optimizer": per[0]["optimizer"],
+                "step": per[0]["step"],
+                "ms/step (median)": statistics.median(ms),
+                "ms/step range": f"{min(ms):.2f}–{max(ms):.2f}",
+                "epoch s (extrapolated)": statistics.median(r["epoch s (extrapolated)"] for r in per),
+                f"ratio to {base}": statistics.median(ratio),
+                "ratio range": f"{min(ratio):.2f}–{max(ratio):.2f}",
+                "compiled / tensor": (
+                    f"{statistics.median(vs_tensor):.2f} ({min(vs_tensor):.2f}–{max(vs_tensor):.2f})"
+                    if vs_tensor
+                    else ""
+                ),
+                "ms/step per process": [round(x, 3) for x in ms],
+            }
+        )
+    stamp = {**machine_stamp(args.threads), "uptime_at_start": load_start, "uptime_at_end": _uptime()}
+    cmd = "python -m benchmarks.epoch_time " + " ".join(argv)
+    md = (
+        f"# Training-step time on {args.dataset}, over {args.processes} processes\n\nCommand: `{cmd}`\n\n"
+        f"{runs[0]['split']}; batch {args.batch_size}, dim 64, R1; in each of {args.processes} fresh "
+        f"processes, run one after another, {args.rounds} interleaved rounds of {args.steps} steps. Each "
+        f"figure is the median over processes of a process's median (and its range over processes); ratios "
+        f"are taken within each process first.\n\nMachine: {stamp}\n\n"
+        + md_table(rows, [c for c in rows[0] if c != "ms/step per process"])
+    )
+    suffix = "" if args.optimizer == "adam" else f"_{args.optimizer}"
+    write_results(
+        f"epoch_time_{args.dataset}{suffix}_{args.processes}proc",
+        {"machine": stamp, "command": cmd, "rows": rows, "runs": runs},
         md,
     )
     print(md)
