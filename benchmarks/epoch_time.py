@@ -35,6 +35,7 @@ from recneg.data.datasets import load_dataset
 from recneg.errors import ConfigError
 from recneg.fused_step import AUTOGRAD, GRADIENTS
 from recneg.losses import l2_regularization
+from recneg.models.base import use_compiled_scorer
 
 CONFIGS = {
     "mf-uniform": ("mf", "uniform", {}, "bpr", {}),
@@ -100,8 +101,19 @@ class Runner:
         self.perm = perm.to(self.device)
         self.batch_size = batch_size
         self.cursor = 0
+        self.kernels = kernels
 
     def step(self) -> None:
+        if self.kernels:
+            self._step()
+            return
+        previous = use_compiled_scorer(False)  # the tensor path throughout: candidates gathered, then bmm
+        try:
+            self._step()
+        finally:
+            use_compiled_scorer(previous)
+
+    def _step(self) -> None:
         if self.cursor + self.batch_size > len(self.perm):
             self.cursor = 0
         idx = self.perm[self.cursor : self.cursor + self.batch_size]
@@ -157,7 +169,8 @@ def main(argv=None) -> None:
         default="both",
         choices=("both", "auto", "off"),
         help="both: time each config the fused MF step serves also with autograd (the trainer's "
-        "fused_step='off') and, where it runs the compiled kernels, also on its tensor path; auto: as the "
+        "fused_step='off') and, where it runs the compiled kernels, also on its tensor path (no compiled "
+        "kernels, candidates gathered and scored with bmm); auto: as the "
         "trainer runs by default; off: autograd only",
     )
     ap.add_argument(

@@ -1,4 +1,4 @@
-"""Compiled CPU kernels (numba) for the MF step: gradients and Adam (lazy or dense) in one pass, online SGD.
+"""Compiled CPU kernels (numba): the MF step's gradients and Adam update, online SGD, candidate scores.
 
 On CPU an MF-BPR step in tensor operations is bound by memory traffic, not arithmetic: every operation
 writes a fresh ``[B, d]`` (or ``[B, n, d]``) tensor, and the lazy-Adam update gathers and scatters the
@@ -23,6 +23,9 @@ use; without it :data:`AVAILABLE` is False and the tensor paths run (same maths)
 LearnBPR, one SGD update per pair, in batch order, on the rows in place (``tests/test_online_sgd.py``
 checks it against a plain reference written pair by pair). It has no tensor path: without numba the
 trainer refuses ``online_sgd`` with a ``ConfigError``.
+
+``score_rows`` scores candidate rows for the samplers (:func:`recneg.models.base.score_rows`), reading the
+table's rows in place instead of gathering them.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ def compiled(name: str) -> Any:
             accumulate_bpr_gradients=jit(_accumulate_bpr_gradients),
             lazy_adam_rows=jit(_lazy_adam_rows),
             dense_adam_table=jit(_dense_adam_table),
+            score_rows=numba.njit(cache=True, nogil=True, parallel=True, fastmath=fast)(_score_rows),
             online_sgd_bpr=numba.njit(cache=True, nogil=True, parallel=True, fastmath=fast)(_online_sgd_bpr),
         )
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
@@ -243,6 +247,42 @@ def _dense_adam_table(
             table[row, k] = p - size * m / (np.sqrt(v) / bc2 + eps32)
         if touched:
             seen[row] = 0
+
+
+def _score_rows(table, user_emb, ids, out):
+    """``out[b, c] = ⟨user_emb[b], table[ids[b, c]]⟩``, reading the rows in place; parallel over ``b``.
+
+    Shapes: ``table [n, d]``, ``user_emb [B, d]`` float32, ``ids [B, c]`` int64, ``out [B, c]`` float32.
+    Returns how many ids lie outside ``[0, n)`` (their scores are left unset).
+    """
+    batch, n_cand = ids.shape
+    n_rows, dim = table.shape
+    bad = 0
+    for b in numba.prange(batch):
+        for c in range(n_cand):
+            j = ids[b, c]
+            if j < 0 or j >= n_rows:
+                bad += 1
+                continue
+            acc = np.float32(0.0)
+            for k in range(dim):
+                acc += user_emb[b, k] * table[j, k]
+            out[b, c] = acc
+    return bad
+
+
+def score_rows(table: np.ndarray, user_emb: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """``[B, c]`` scores of rows ``ids [B, c]`` of ``table [n, d]`` for ``user_emb [B, d]`` (float32).
+
+    What a candidate scorer otherwise does as a gather of ``[B, c, d]`` rows and a batched product, without
+    writing the gathered rows: on Gowalla (a DNS-32 batch, 16 MB of rows) it took a DNS step from 7.9 to
+    6.2 ms. Raises ``IndexError`` for ids outside the table, as the gather would.
+    """
+    out = np.empty(ids.shape, dtype=np.float32)
+    bad = compiled("score_rows")(table, user_emb, ids, out)
+    if bad:
+        raise IndexError(f"{bad} candidate ids lie outside the table's rows [0, {table.shape[0]})")
+    return out
 
 
 def _online_sgd_bpr(user_table, item_table, users, pos, negs, weight, has_weight, beta, lr, lam, n_parts):
@@ -500,4 +540,12 @@ class AdamBPRKernel:
         return float(loss)
 
 
-__all__ = ["AVAILABLE", "AdamBPRKernel", "AdamState", "compiled", "online_sgd_bpr", "warm_up_online_sgd"]
+__all__ = [
+    "AVAILABLE",
+    "AdamBPRKernel",
+    "AdamState",
+    "compiled",
+    "online_sgd_bpr",
+    "score_rows",
+    "warm_up_online_sgd",
+]

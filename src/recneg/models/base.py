@@ -6,6 +6,7 @@ directly: they receive a :class:`ModelView` that exposes exactly what they may a
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -100,13 +101,69 @@ def _rows(table: Tensor, ids: Tensor, sparse: bool = False) -> Tensor:
 SCORE_CHUNK_BYTES = 1 << 22
 
 
+#: whether candidate scores on CPU may use the compiled scorer (numba): ``usable`` turns False for good
+#: when it failed to build; ``enabled`` is the caller's switch (:func:`use_compiled_scorer`)
+_COMPILED_SCORER = {"usable": True, "enabled": True}
+
+
+def use_compiled_scorer(enabled: bool) -> bool:
+    """Let candidate scoring on CPU use the compiled scorer (the default) or not; returns the old setting.
+
+    Both give the same scores to float rounding; switching it off is for comparing the two.
+    """
+    previous = _COMPILED_SCORER["enabled"]
+    _COMPILED_SCORER["enabled"] = bool(enabled)
+    return previous
+
+
+def _score_compiled(table: Tensor, user_emb: Tensor, ids: Tensor) -> Tensor | None:
+    """The compiled scorer's ``[B, n]`` scores (:func:`recneg.kernels.score_rows`), or ``None`` where it
+    does not serve: not CPU float32 2-D tables, no numba, or it could not be built here (warned once)."""
+    from recneg import kernels
+
+    if not (
+        _COMPILED_SCORER["usable"]
+        and _COMPILED_SCORER["enabled"]
+        and kernels.AVAILABLE
+        and table.device.type == "cpu"
+        and table.dtype == user_emb.dtype == torch.float32
+        and table.dim() == 2
+        and ids.dim() == 2
+        and tuple(user_emb.shape) == (ids.shape[0], table.shape[1])  # else the tensor path raises
+        and table.is_contiguous()
+    ):
+        return None
+    try:
+        kernels.compiled("score_rows")
+    except Exception as exc:  # numba's errors have no common base; any failure means "not here"
+        _COMPILED_SCORER["usable"] = False
+        warnings.warn(
+            f"the compiled candidate scorer could not be built ({type(exc).__name__}: {exc}); scoring goes "
+            f"on with gather + bmm (same scores)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    scores = kernels.score_rows(
+        table.numpy(), user_emb.contiguous().numpy(), ids.to(torch.int64).contiguous().numpy()
+    )
+    return torch.from_numpy(scores)
+
+
 def score_rows(table: Tensor, user_emb: Tensor, ids: Tensor) -> Tensor:
-    """``r_bj = ⟨user_emb_b, table[ids_bj]⟩`` without gradient, gathering in cache-sized chunks on CPU.
+    """``r_bj = ⟨user_emb_b, table[ids_bj]⟩`` without gradient.
+
+    On CPU with float32 tables and numba, one compiled pass reads the rows in place
+    (:func:`recneg.kernels.score_rows`); otherwise the rows are gathered, in cache-sized chunks on CPU, and
+    scored with ``bmm``. The two agree to float rounding (the compiled dot products may sum in another order).
 
     Shape: ``table [n, d]``, ``user_emb [B, d]``, ``ids [B, n]`` -> ``[B, n]``.
     """
     with torch.no_grad():
         table, user_emb = table.detach(), user_emb.detach()
+        compiled = _score_compiled(table, user_emb, ids)
+        if compiled is not None:
+            return compiled
         per_row = ids.shape[1] * table.shape[1] * table.element_size()
         step = ids.shape[0] if table.is_cuda else max(1, SCORE_CHUNK_BYTES // max(per_row, 1))
         parts = [
