@@ -206,14 +206,41 @@ class PositiveIndex:
             return torch.zeros(
                 torch.broadcast_shapes(users.shape, items.shape), dtype=torch.bool, device=items.device
             )
+        bits = self._bitmap()
+        if bits is not None:
+            compiled = self._contains_compiled(bits, users, items)
+            if compiled is not None:
+                return compiled
         q = (users * self.n_items + items).reshape(-1)
         shape = torch.broadcast_shapes(users.shape, items.shape)
-        bits = self._bitmap()
         if bits is not None:
             # index_select, not bits[...]: on CPU 0.6 vs 1.0 ms for 65 k lookups in Gowalla's 153 MB bitmap
             return ((bits.index_select(0, q >> 3) >> (q & 7).to(torch.uint8)) & 1).bool().reshape(shape)
         pos = torch.searchsorted(self.keys, q).clamp_(max=self.keys.numel() - 1)
         return (self.keys[pos] == q).reshape(shape)
+
+    def _contains_compiled(self, bits: torch.Tensor, users: torch.Tensor, items: torch.Tensor):
+        """:meth:`contains` by the compiled bitmap test (:func:`recneg.kernels.bitmap_contains`), or ``None``
+        where it does not serve: not CPU, no numba, or shapes other than ``[B]`` with ``[B]`` or ``[B, 1]``
+        with ``[B, n]`` (what the samplers pass)."""
+        from recneg import kernels
+
+        if not (kernels.AVAILABLE and bits.device.type == "cpu" and items.device.type == "cpu"):
+            return None
+        if users.dim() == items.dim() == 1 and users.shape == items.shape:
+            u, it = users, items.view(-1, 1)
+        elif users.dim() == items.dim() == 2 and users.shape[1] == 1 and users.shape[0] == items.shape[0]:
+            u, it = users.view(-1), items
+        else:
+            return None
+        found = kernels.bitmap_contains(
+            bits.numpy(),
+            u.to(torch.int64).contiguous().numpy(),
+            it.to(torch.int64).contiguous().numpy(),
+            self.n_users,
+            self.n_items,
+        )
+        return torch.from_numpy(found).view(items.shape)
 
     def _bitmap(self) -> torch.Tensor | None:
         if self._bits is None:

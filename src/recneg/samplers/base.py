@@ -142,8 +142,8 @@ def _redraw_positives(index: PositiveIndex, users: Tensor, pool: Tensor, draw, m
     """
     n = pool.shape[1]
     flat = pool.view(-1)
-    rows = users.repeat_interleave(n)
-    bad = torch.nonzero(index.contains(rows, flat)).squeeze(1)
+    bad = torch.nonzero(index.contains(users.unsqueeze(1), pool).view(-1)).squeeze(1)
+    rows = users[bad // n]  # the user of each offending entry
     if bad.numel():
         check_negatives_exist(index, users)
     rounds = 0
@@ -156,7 +156,8 @@ def _redraw_positives(index: PositiveIndex, users: Tensor, pool: Tensor, draw, m
             )
         fresh = draw(bad.numel())
         flat[bad] = fresh
-        bad = bad[index.contains(rows[bad], fresh)]
+        hit = index.contains(rows, fresh)
+        bad, rows = bad[hit], rows[hit]
     return pool
 
 

@@ -204,9 +204,9 @@ def _topk_negatives(pool: Tensor, scores: Tensor, k: int, view: ModelView, weigh
     # k = 1 (DNS): one max instead of topk + max (on CPU topk over [2048, 32] took 4x a max)
     top_values, top_indices = scores.max(1, keepdim=True) if k == 1 else scores.topk(k, dim=1)
     ids = pool.gather(1, top_indices)
-    best = top_values[:, 0] if k == 1 else scores.max(1).values
-    stats = {
-        "pool_score_spread": _stat((best - scores.min(1).values).mean()),
+    best = top_values[:, 0] if k == 1 else scores.amax(1)
+    stats = {  # amin, not min(1).values: no indices (on CPU ~6x faster over [2048, 32])
+        "pool_score_spread": _stat((best - scores.amin(1)).mean()),
         "chosen_minus_pool_mean": _stat((top_values.mean(1) - scores.mean(1)).mean()),
     }
     weight = None
@@ -344,9 +344,9 @@ class SoftmaxVSampler(_ProposalSampler):
             losses = F.softplus(scores - pos_score)
             weight = softmax_v_weights(losses, self.config.rho, log_q).to(view.user_emb.dtype)
             stats = {
-                "weight_max": _stat(weight.max(1).values.mean()),
+                "weight_max": _stat(weight.amax(1).mean()),
                 "weight_entropy": _stat(-(weight * weight.clamp_min(1e-30).log()).sum(1).mean()),
-                "pool_score_spread": _stat((scores.max(1).values - scores.min(1).values).mean()),
+                "pool_score_spread": _stat((scores.amax(1) - scores.amin(1)).mean()),
             }
         return Negatives(emb=view.item_emb(pool), ids=pool, weight=weight, stats=stats, pool_ids=pool)
 
@@ -665,7 +665,7 @@ class PRISSampler(_ProposalSampler):
             ids=ids,
             weight=weight,
             log_q=log_q,
-            stats={"weight_max": _stat(weight.max(1).values.mean())},
+            stats={"weight_max": _stat(weight.amax(1).mean())},
         )
 
 
@@ -767,7 +767,7 @@ class AdaSIRSampler(_EpochState, _ProposalSampler):
             emb=view.item_emb(ids),
             ids=ids,
             weight=weight,
-            stats={"weight_max": _stat(weight.max(1).values.mean())},
+            stats={"weight_max": _stat(weight.amax(1).mean())},
         )
 
 

@@ -1,4 +1,5 @@
-"""The compiled candidate scorer gives the gather + bmm scores, refuses bad ids, and steps aside."""
+"""The compiled candidate scorer and membership test give the tensor paths' results, refuse bad ids, and step
+aside where they do not serve."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import pytest
 import torch
 
 import recneg
+from recneg import kernels
 from recneg.models import base
+from recneg.samplers.base import uniform_pool
 
 
 def _reference(table, user_emb, ids):
@@ -89,3 +92,61 @@ def test_the_compiled_scorer_can_be_switched_off():
         torch.testing.assert_close(base.score_rows(table, user_emb, ids), _reference(table, user_emb, ids))
     finally:
         assert base.use_compiled_scorer(previous) is False
+
+
+def _positives(small_split):
+    index = small_split.train.positives()
+    assert index._bitmap() is not None
+    return index
+
+
+def _tensor_contains(index, users, items):
+    """The bitmap test in tensor operations, and the sorted-key search, both without the compiled kernel."""
+    q = (users * index.n_items + items).reshape(-1)
+    shape = torch.broadcast_shapes(users.shape, items.shape)
+    bits = index._bitmap()
+    by_bits = ((bits.index_select(0, q >> 3) >> (q & 7).to(torch.uint8)) & 1).bool().reshape(shape)
+    pos = torch.searchsorted(index.keys, q).clamp_(max=index.keys.numel() - 1)
+    by_keys = (index.keys[pos] == q).reshape(shape)
+    assert torch.equal(by_bits, by_keys)
+    return by_bits
+
+
+def test_compiled_membership_equals_the_tensor_paths(small_split):
+    pytest.importorskip("numba")
+    index, train = _positives(small_split), small_split.train
+    gen = torch.Generator().manual_seed(0)
+    users = torch.as_tensor(train.users[:300])
+    items = torch.randint(0, index.n_items, (300, 7), generator=gen)
+    items[:, 0] = torch.as_tensor(train.items[:300])  # known positives: every row's first entry is one
+    got = index.contains(users.unsqueeze(1), items)
+    assert got.dtype == torch.bool and got.shape == (300, 7) and bool(got[:, 0].all())
+    assert torch.equal(got, _tensor_contains(index, users.unsqueeze(1), items))
+    flat_users, flat_items = users.repeat_interleave(7), items.reshape(-1)
+    assert torch.equal(index.contains(flat_users, flat_items), got.reshape(-1))
+    assert index._contains_compiled(index._bitmap(), users.unsqueeze(1), items) is not None
+    # shapes the kernel does not take go to the tensor path, with the same answer
+    users3, items3 = users.view(-1, 1, 1), items.view(300, 7, 1).expand(300, 7, 2)
+    assert index._contains_compiled(index._bitmap(), users3, items3) is None
+    assert torch.equal(index.contains(users3, items3), _tensor_contains(index, users3, items3))
+
+
+def test_membership_of_ids_outside_the_id_space_raises(small_split):
+    pytest.importorskip("numba")
+    index = _positives(small_split)
+    users = torch.tensor([0, 1])
+    for items in (torch.tensor([0, index.n_items]), torch.tensor([-1, 0])):
+        with pytest.raises(IndexError, match="1 \\(user, item\\) pairs lie outside the id space"):
+            index.contains(users, items)
+
+
+def test_redrawn_pools_do_not_depend_on_the_compiled_kernels(small_split, monkeypatch):
+    """Same seed, same pool, with or without numba: the kernels change the speed, not the draws."""
+    pytest.importorskip("numba")
+    index = _positives(small_split)
+    users = torch.as_tensor(small_split.train.users[:200])
+    compiled = uniform_pool(index, users, 16, torch.Generator().manual_seed(5))
+    assert not bool(index.contains(users.unsqueeze(1), compiled).any())
+    monkeypatch.setattr(kernels, "AVAILABLE", False)
+    assert index._contains_compiled(index._bitmap(), users.unsqueeze(1), compiled) is None
+    assert torch.equal(uniform_pool(index, users, 16, torch.Generator().manual_seed(5)), compiled)
