@@ -15,7 +15,7 @@ batch's rows of the table and of both moments. The kernels here walk the batch o
 The result is LazyAdam's, or dense Adam's, step to float rounding (``tests/test_fused_step.py`` checks
 both). The dense pass reads and writes the table and both moments once (6 floats a parameter), where
 torch's fused Adam also reads a dense gradient that the step first had to zero and fill (7, plus the
-fill): on Gowalla's two tables, 2.0 against 2.4 ms for the update alone.
+fill); docs/performance.md has the timings.
 numba is optional (``pip install recneg[fast]``) and imported on first
 use; without it :data:`AVAILABLE` is False and the tensor paths run (same maths).
 
@@ -277,8 +277,8 @@ def score_rows(table: np.ndarray, user_emb: np.ndarray, ids: np.ndarray) -> np.n
     """``[B, c]`` scores of rows ``ids [B, c]`` of ``table [n, d]`` for ``user_emb [B, d]`` (float32).
 
     What a candidate scorer otherwise does as a gather of ``[B, c, d]`` rows and a batched product, without
-    writing the gathered rows: on Gowalla (a DNS-32 batch, 16 MB of rows) it took a DNS step from 7.9 to
-    6.2 ms. Raises ``IndexError`` for ids outside the table, as the gather would.
+    writing the gathered rows (16 MB for a DNS-32 batch on Gowalla). Raises ``IndexError`` for ids outside
+    the table, as the gather would.
     """
     out = np.empty(ids.shape, dtype=np.float32)
     bad = compiled("score_rows")(table, user_emb, ids, out)
@@ -311,9 +311,8 @@ def _bitmap_contains(bits, users, items, n_users, n_items, out):
 def bitmap_contains(bits: np.ndarray, users: np.ndarray, items: np.ndarray, n_users: int, n_items: int):
     """Membership of the pairs ``(users[b], items[b, c])`` in a packed pair bitmap: ``[B, c]`` bool.
 
-    One pass instead of the tensor path's five elementwise passes and a gather (on Gowalla's 153 MB bitmap,
-    64 k pairs: 0.05 against 0.36 ms). Raises ``IndexError`` for ids outside the id space, as the gather
-    would.
+    One pass instead of the tensor path's five elementwise passes and a gather. Raises ``IndexError`` for
+    ids outside the id space, as the gather would.
     """
     out = np.empty(items.shape, dtype=np.uint8)
     bad = compiled("bitmap_contains")(bits, users, items, n_users, n_items, out)
