@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -167,6 +168,14 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--skip", default="", help="comma list of parts to skip: recbole,implicit,default,lazy,fast,fast_adam"
     )
+    ap.add_argument(
+        "--timing-rounds",
+        type=int,
+        default=0,
+        help="after the runs above, K rounds that time implicit, recneg fast, RecBole and recneg default "
+        "one after another (no evaluation), for the two speed ratios' median and range over rounds",
+    )
+    ap.add_argument("--timing-epochs", type=int, default=10, help="implicit and recneg fast epochs a round")
     args = ap.parse_args(argv)
     args.peers_venv = str(Path(args.peers_venv).absolute())  # the peers run in a scratch folder
     skip = set(filter(None, args.skip.split(",")))
@@ -234,6 +243,8 @@ def main(argv=None) -> int:
         res["recneg_fast_adam"] = recneg_epochs(
             split, FAST_ADAM, args.threads, args.fast_adam_epochs, args.fast_adam_every
         )
+    if args.timing_rounds:
+        res["timing_rounds"] = _timing_rounds(args, split, fast, common, work, skip)
     repo = Path(__file__).resolve().parents[1]
     for part in (
         "recbole",
@@ -251,6 +262,48 @@ def main(argv=None) -> int:
     print(md)
     print(f"wrote {j} and {m}")
     return 0
+
+
+def _timing_rounds(args, split, fast: dict, common: list[str], work: Path, skip: set[str]) -> list[dict]:
+    """``args.timing_rounds`` rounds of implicit, recneg fast, RecBole and recneg default, back to back.
+
+    The machine's speed drifts by up to 2× over minutes; a ratio of two runs far apart in time measures the
+    drift as well. Each round times each pair close together; the summary reports the ratios' median and
+    range over the rounds. Parts in ``skip`` are left out; a pair with one side skipped gives no ratio.
+    """
+    rounds = []
+    venv = Path(args.peers_venv)
+    for k in range(args.timing_rounds):
+        print(f"timing round {k + 1}/{args.timing_rounds} ...", flush=True)
+        row: dict = {}
+        if "implicit" not in skip:
+            imp = _peer(
+                venv,
+                ["implicit", *common, "--out", str(work / f"t{k}"), "--epochs", str(args.timing_epochs)]
+                + ["--save-every", "0", "--reg", str(args.implicit_reg)]
+                + (["--lr", str(args.implicit_lr)] if args.implicit_lr is not None else []),
+                work,
+            )
+            row["implicit"] = _median(imp["epochs"])
+        if "fast" not in skip:
+            row["fast"] = _median(recneg_epochs(split, fast, args.threads, args.timing_epochs)["epochs"])
+        if "recbole" not in skip:
+            rb = _peer(
+                venv,
+                ["recbole", *common, "--out", str(work / f"rb{k}"), "--epochs", str(args.recbole_epochs)],
+                work,
+            )
+            row["recbole"] = _median(rb["epochs"])
+        if "default" not in skip:
+            row["default"] = _median(
+                recneg_epochs(split, DEFAULT, args.threads, args.default_epochs)["epochs"]
+            )
+        rounds.append(row)
+    return rounds
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})"
 
 
 def _summarise(res: dict) -> tuple[list[dict], dict]:
@@ -331,6 +384,15 @@ def _summarise(res: dict) -> tuple[list[dict], dict]:
             (recall_at_time(fa["epochs"], t) or 0.0) < (recall_at_time(imp["curve"], t) or 0.0)
             for t in points
         )
+    rounds = res.get("timing_rounds") or []
+    pairs = (
+        ("recbole / default", "recbole", "default", "target >= 5"),
+        ("fast / implicit", "fast", "implicit", "target <= 1.5"),
+    )
+    for name, num, den, target in pairs:
+        xs = [r[num] / r[den] for r in rounds if num in r and den in r]
+        if xs:
+            ratios[f"{name} epoch, median (range) over {len(xs)} timing rounds ({target})"] = _spread(xs)
     return rows, ratios
 
 
