@@ -55,18 +55,17 @@ def test_other_dtypes_and_a_failed_build_take_gather_and_bmm(monkeypatch):
     assert base._score_compiled(table, user_emb, ids) is None  # float64: the tensor path, exact
     torch.testing.assert_close(base.score_rows(table, user_emb, ids), _reference(table, user_emb, ids))
     pytest.importorskip("numba")
-    from recneg import kernels
 
     def broken(name):
         raise RuntimeError("no LLVM here")
 
     monkeypatch.setattr(kernels, "compiled", broken)
-    monkeypatch.setitem(base._COMPILED_SCORER, "usable", True)
+    monkeypatch.setattr(kernels, "_READY", {})
     t32, u32 = table.float(), user_emb.float()
-    with pytest.warns(RuntimeWarning, match="no LLVM here"):
+    with pytest.warns(RuntimeWarning, match="score_rows could not be built here .*no LLVM here"):
         got = base.score_rows(t32, u32, ids)
     torch.testing.assert_close(got, _reference(t32, u32, ids))
-    assert base._COMPILED_SCORER["usable"] is False  # warned once, then the tensor path for good
+    assert kernels._READY["score_rows"] is False  # warned once, then the tensor path for good
 
 
 def test_dns_picks_the_top_scored_candidate_with_the_compiled_scorer(small_split):
@@ -148,5 +147,23 @@ def test_redrawn_pools_do_not_depend_on_the_compiled_kernels(small_split, monkey
     compiled = uniform_pool(index, users, 16, torch.Generator().manual_seed(5))
     assert not bool(index.contains(users.unsqueeze(1), compiled).any())
     monkeypatch.setattr(kernels, "AVAILABLE", False)
+    monkeypatch.setattr(kernels, "_READY", {})
     assert index._contains_compiled(index._bitmap(), users.unsqueeze(1), compiled) is None
     assert torch.equal(uniform_pool(index, users, 16, torch.Generator().manual_seed(5)), compiled)
+
+
+def test_a_membership_kernel_that_cannot_build_leaves_the_tensor_path(small_split, monkeypatch):
+    pytest.importorskip("numba")
+    index = _positives(small_split)
+    users = torch.as_tensor(small_split.train.users[:50])
+    items = torch.randint(0, index.n_items, (50, 4), generator=torch.Generator().manual_seed(1))
+    expected = index.contains(users.unsqueeze(1), items)
+
+    def broken(name):
+        raise RuntimeError("no LLVM here")
+
+    monkeypatch.setattr(kernels, "compiled", broken)
+    monkeypatch.setattr(kernels, "_READY", {})
+    with pytest.warns(RuntimeWarning, match="bitmap_contains could not be built here"):
+        assert torch.equal(index.contains(users.unsqueeze(1), items), expected)
+    assert torch.equal(index.contains(users.unsqueeze(1), items), expected)  # no second warning needed

@@ -35,6 +35,7 @@ import importlib.util
 import math
 import os
 import sys
+import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -81,6 +82,39 @@ def compiled(name: str) -> Any:
         )
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     return _COMPILED[name]
+
+
+#: kernel name -> whether it ran on tiny inputs here (see :func:`ready`)
+_READY: dict[str, bool] = {}
+
+
+def ready(name: str) -> bool:
+    """Whether the helper kernel ``name`` (``score_rows``, ``bitmap_contains``) can run here.
+
+    numba compiles on first call; :func:`ready` makes that first call once, on tiny inputs of the types the
+    callers pass. If numba is missing, False; if it cannot compile here, one ``RuntimeWarning`` and False
+    for good: the callers then take their tensor paths (same results).
+    """
+    if name not in _READY:
+        if not AVAILABLE:
+            return False
+        f32, i64 = np.zeros((1, 1), dtype=np.float32), np.zeros((1, 1), dtype=np.int64)
+        warm_ups = {
+            "score_rows": lambda: score_rows(f32, f32.copy(), i64),
+            "bitmap_contains": lambda: bitmap_contains(np.zeros(1, dtype=np.uint8), i64[0], i64, 1, 1),
+        }
+        try:
+            warm_ups[name]()
+            _READY[name] = True
+        except Exception as exc:  # numba's errors have no common base; any failure means "not here"
+            _READY[name] = False
+            warnings.warn(
+                f"the compiled kernel {name} could not be built here ({type(exc).__name__}: {exc}); the "
+                f"tensor path runs instead (same results)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return _READY[name]
 
 
 def _accumulate_bpr_gradients(
@@ -583,6 +617,7 @@ __all__ = [
     "bitmap_contains",
     "compiled",
     "online_sgd_bpr",
+    "ready",
     "score_rows",
     "warm_up_online_sgd",
 ]

@@ -221,11 +221,13 @@ class PositiveIndex:
 
     def _contains_compiled(self, bits: torch.Tensor, users: torch.Tensor, items: torch.Tensor):
         """:meth:`contains` by the compiled bitmap test (:func:`recneg.kernels.bitmap_contains`), or ``None``
-        where it does not serve: not CPU, no numba, or shapes other than ``[B]`` with ``[B]`` or ``[B, 1]``
-        with ``[B, n]`` (what the samplers pass)."""
+        where it does not serve: not CPU, shapes other than ``[B]`` with ``[B]`` or ``[B, 1]`` with
+        ``[B, n]`` (what the samplers pass), or numba missing or unable to build it."""
         from recneg import kernels
 
-        if not (kernels.AVAILABLE and bits.device.type == "cpu" and items.device.type == "cpu"):
+        if not (
+            bits.device.type == "cpu" and items.device.type == "cpu" and kernels.ready("bitmap_contains")
+        ):
             return None
         if users.dim() == items.dim() == 1 and users.shape == items.shape:
             u, it = users, items.view(-1, 1)

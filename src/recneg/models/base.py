@@ -6,7 +6,6 @@ directly: they receive a :class:`ModelView` that exposes exactly what they may a
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import torch
@@ -101,9 +100,8 @@ def _rows(table: Tensor, ids: Tensor, sparse: bool = False) -> Tensor:
 SCORE_CHUNK_BYTES = 1 << 22
 
 
-#: whether candidate scores on CPU may use the compiled scorer (numba): ``usable`` turns False for good
-#: when it failed to build; ``enabled`` is the caller's switch (:func:`use_compiled_scorer`)
-_COMPILED_SCORER = {"usable": True, "enabled": True}
+#: whether candidate scores on CPU may use the compiled scorer (see :func:`use_compiled_scorer`)
+_COMPILED_SCORER = {"enabled": True}
 
 
 def use_compiled_scorer(enabled: bool) -> bool:
@@ -118,31 +116,19 @@ def use_compiled_scorer(enabled: bool) -> bool:
 
 def _score_compiled(table: Tensor, user_emb: Tensor, ids: Tensor) -> Tensor | None:
     """The compiled scorer's ``[B, n]`` scores (:func:`recneg.kernels.score_rows`), or ``None`` where it
-    does not serve: not CPU float32 2-D tables, no numba, or it could not be built here (warned once)."""
+    does not serve: not CPU float32 2-D tables, switched off, or numba missing or unable to build it."""
     from recneg import kernels
 
     if not (
-        _COMPILED_SCORER["usable"]
-        and _COMPILED_SCORER["enabled"]
-        and kernels.AVAILABLE
+        _COMPILED_SCORER["enabled"]
         and table.device.type == "cpu"
         and table.dtype == user_emb.dtype == torch.float32
         and table.dim() == 2
         and ids.dim() == 2
         and tuple(user_emb.shape) == (ids.shape[0], table.shape[1])  # else the tensor path raises
         and table.is_contiguous()
+        and kernels.ready("score_rows")
     ):
-        return None
-    try:
-        kernels.compiled("score_rows")
-    except Exception as exc:  # numba's errors have no common base; any failure means "not here"
-        _COMPILED_SCORER["usable"] = False
-        warnings.warn(
-            f"the compiled candidate scorer could not be built ({type(exc).__name__}: {exc}); scoring goes "
-            f"on with gather + bmm (same scores)",
-            RuntimeWarning,
-            stacklevel=3,
-        )
         return None
     scores = kernels.score_rows(
         table.numpy(), user_emb.contiguous().numpy(), ids.to(torch.int64).contiguous().numpy()
