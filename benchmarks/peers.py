@@ -339,26 +339,18 @@ def _summarise(res: dict) -> tuple[list[dict], dict]:
     if imp:
         best = max((r["recall@20"] for r in imp["curve"]), default=None)
         rows.append({"run": "implicit BPR (CPU)", "s/epoch": _median(imp["epochs"]), "peak recall@20": best})
-    if fa:
-        best = max((r["recall@20"] for r in fa["epochs"] if "recall@20" in r), default=None)
-        rows.append(
-            {
-                "run": "recneg fast",
-                "s/epoch": _median(fa["epochs"]),
-                "s/eval": fa["eval_seconds"],
-                "peak recall@20": best,
-            }
-        )
-    if fadam:
-        best = max((r["recall@20"] for r in fadam["epochs"] if "recall@20" in r), default=None)
-        rows.append(
-            {
-                "run": "recneg fast_adam (Adam, 16384)",
-                "s/epoch": _median(fadam["epochs"]),
-                "s/eval": fadam["eval_seconds"],
-                "peak recall@20": best,
-            }
-        )
+    for name, run in (("recneg fast", fa), ("recneg fast_adam (Adam, 16384)", fadam)):
+        if run:
+            rows.append(
+                {
+                    "run": name,
+                    "s/epoch": _median(run["epochs"]),
+                    "s/eval": run["eval_seconds"],
+                    "peak recall@20": max(
+                        (r["recall@20"] for r in run["epochs"] if "recall@20" in r), default=None
+                    ),
+                }
+            )
     if rb and de:
         ratios["recbole_epoch / recneg_default_epoch (target >= 5)"] = _median(rb["epochs"]) / _median(
             de["epochs"]
