@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -188,18 +189,20 @@ def test_trainer_runs_the_compiled_step_for_sparse_adam(small_split):
     assert adagrad.train_epoch()["step_paths"] == {"fused": math.ceil(len(small_split.train) / 64)}
 
 
-def _adam_steps(small_split, case, reg, weight_decay, compiled_steps, n_steps=3):
-    """``n_steps`` MF steps with torch's Adam; those in ``compiled_steps`` through the compiled kernel,
-    the others through autograd + ``optimizer.step()``. Returns the model, optimiser and losses."""
+def _adam_steps(small_split, case, reg, weight_decay, compiled_steps, n_steps=3, defer=False):
+    """``n_steps`` MF steps with torch's Adam; those in ``compiled_steps`` through the compiled kernel
+    (with ``defer``: deferring unread rows' steps), the others through autograd + ``optimizer.step()``.
+    The lr changes every step (as a scheduler would). Returns the model, optimiser and losses."""
     name, args, loss_fn = CASES[case]
     torch.manual_seed(0)
     model = recneg.build_model("mf", small_split.train, dim=8)
     sampler = recneg.build_sampler(name, **args).bind(small_split.train)
     opt = torch.optim.Adam(list(model.parameters()), lr=0.05, weight_decay=weight_decay, fused=True)
-    fused = FusedMFStep(model, sampler, loss_fn, reg, opt)
+    fused = FusedMFStep(model, sampler, loss_fn, reg, opt, defer=defer)
     step = TrainStep(model, sampler, loss_fn, reg)
     train, losses = small_split.train, []
     for s in range(n_steps):
+        opt.param_groups[0]["lr"] = 0.05 / (1 + s)
         idx = torch.randint(0, len(train), (40,), generator=torch.Generator().manual_seed(s))
         idx = torch.cat([idx, idx[:10]])  # the same (user, positive) twice in one batch
         users, pos = torch.as_tensor(train.users)[idx], torch.as_tensor(train.items)[idx]
@@ -208,11 +211,13 @@ def _adam_steps(small_split, case, reg, weight_decay, compiled_steps, n_steps=3)
             loss, _, _, status = fused(users, pos, torch.Generator().manual_seed(s))
             assert status == UPDATED
         else:
+            fused.flush()  # the contract of defer: current tables before anything else steps or reads
             opt.zero_grad(set_to_none=True)
             loss = step(users, pos, torch.Generator().manual_seed(s))[0]
             loss.backward()
             opt.step()
         losses.append(loss.detach())
+    fused.flush()
     return model, opt, losses
 
 
@@ -230,6 +235,99 @@ def test_compiled_dense_adam_step_equals_autograd_plus_adam(small_split, case, r
         assert sc["step"].dtype == sa["step"].dtype and float(sc["step"]) == float(sa["step"]) == 3
         torch.testing.assert_close(sc["exp_avg"], sa["exp_avg"], rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(sc["exp_avg_sq"], sa["exp_avg_sq"], rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize(("reg", "weight_decay"), [(0.0, 0.0), (0.05, 0.0), (0.0, 0.01)])
+def test_deferred_dense_adam_equals_adam_at_every_row(small_split, case, reg, weight_decay):
+    """``defer``: rows a batch does not touch take their steps when read or flushed; the same tables and
+    moments as torch's Adam over six steps (rows left behind for several steps, the lr changing)."""
+    pytest.importorskip("numba")
+    m_auto, opt_auto, loss_auto = _adam_steps(small_split, case, reg, weight_decay, (), n_steps=6)
+    m_def, opt_def, loss_def = _adam_steps(small_split, case, reg, weight_decay, range(6), 6, defer=True)
+    torch.testing.assert_close(loss_def, loss_auto, rtol=1e-5, atol=1e-6)  # DNS scored current rows
+    for a, c in zip(m_auto.parameters(), m_def.parameters(), strict=True):
+        torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-6)
+        sa, sc = opt_auto.state[a], opt_def.state[c]
+        assert float(sc["step"]) == float(sa["step"]) == 6
+        torch.testing.assert_close(sc["exp_avg"], sa["exp_avg"], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(sc["exp_avg_sq"], sa["exp_avg_sq"], rtol=1e-4, atol=1e-9)
+
+
+def test_deferred_steps_interleave_with_the_optimisers_own(small_split):
+    pytest.importorskip("numba")
+    m_auto, _, loss_auto = _adam_steps(small_split, "dns-softbpr", 0.05, 0.0, (), n_steps=6)
+    m_mix, _, loss_mix = _adam_steps(small_split, "dns-softbpr", 0.05, 0.0, (0, 1, 3, 4), 6, defer=True)
+    torch.testing.assert_close(loss_mix, loss_auto, rtol=1e-5, atol=1e-6)
+    for a, c in zip(m_auto.parameters(), m_mix.parameters(), strict=True):
+        torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("route", ["row by row", "whole table"])
+def test_replayed_steps_equal_adam_written_out_by_hand(route):
+    """A row left behind for three steps (no gradient, lr changing) is brought up to date on reading:
+    Adam's formulas written out in float64. ``whole table``: a read of many rows replays every row."""
+    pytest.importorskip("numba")
+    from recneg.kernels import DeferredAdam
+
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    table = np.full((16, 2), 0.5, dtype=np.float32)
+    m = np.zeros((16, 2), dtype=np.float32)
+    v = np.zeros((16, 2), dtype=np.float32)
+    table[1], m[1], v[1] = [0.3, 0.1], [0.02, -0.01], [4e-4, 1e-8]
+    expect_p, expect_m, expect_v = (x[1].astype(np.float64) for x in (table, m, v))
+    deferred = DeferredAdam(16)
+    if route == "whole table":
+        deferred.FLUSH_FRACTION = 16  # 3 ids of 16 rows count as "many"
+    deferred.start(10, (beta1, beta2, eps, 0.0))
+    for t, lr in ((11, 0.01), (12, 0.005), (13, 0.02)):
+        deferred.record(t, lr / (1 - beta1**t), math.sqrt(1 - beta2**t))
+        expect_m, expect_v = beta1 * expect_m, beta2 * expect_v
+        m_hat, v_hat = expect_m / (1 - beta1**t), expect_v / (1 - beta2**t)
+        expect_p = expect_p - lr * m_hat / (np.sqrt(v_hat) + eps)
+    deferred.synced[0] = 13  # row 0 is current (a batch touched it); the others owe steps 11-13
+    deferred.catch_up(table, m, v, np.array([1, 1, 0], dtype=np.int64))
+    np.testing.assert_allclose(table[1], expect_p, rtol=1e-6)
+    np.testing.assert_allclose(m[1], expect_m, rtol=1e-6)
+    np.testing.assert_allclose(v[1], expect_v, rtol=1e-6)
+    assert table[0].tolist() == [0.5, 0.5] and deferred.synced[:2].tolist() == [13, 13]
+    assert table[2].tolist() == [0.5, 0.5]  # zero moments: replayed (whole table) or not, it stays
+    assert deferred.synced[2] == (13 if route == "whole table" else 10)
+    assert deferred.pending == (route == "row by row")
+    deferred.record(14, 0.01, 1.0)
+    with pytest.raises(IndexError, match="outside"):
+        deferred.catch_up(table, m, v, np.array([16], dtype=np.int64))
+
+
+def test_stepping_adam_elsewhere_while_rows_are_behind_is_refused(small_split):
+    pytest.importorskip("numba")
+    model = recneg.build_model("mf", small_split.train, dim=8)
+    opt = torch.optim.Adam(list(model.parameters()), lr=0.05)
+    fused = FusedMFStep(
+        model, recneg.build_sampler("uniform").bind(small_split.train), BPRLoss(), 0.0, opt, defer=True
+    )
+    users, pos = torch.as_tensor(small_split.train.users[:20]), torch.as_tensor(small_split.train.items[:20])
+    assert fused(users, pos, torch.Generator().manual_seed(0))[3] == UPDATED
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()  # without fused.flush(): the rows left behind would take the wrong steps
+    with pytest.raises(RuntimeError, match="flush"):
+        fused(users, pos, torch.Generator().manual_seed(1))
+
+
+def test_the_trainer_flushes_deferred_steps_at_the_end_of_an_epoch(small_split):
+    pytest.importorskip("numba")
+    trainer = Trainer(
+        recneg.build_model("mf", small_split.train, dim=8),
+        recneg.build_sampler("uniform"),
+        small_split,
+        config=TrainConfig(**FAST, optimizer="adam"),
+    )
+    assert trainer.fused is not None and trainer.fused.defer
+    trainer.train_epoch()
+    assert trainer.fused._deferred and not any(d.pending for d in trainer.fused._deferred.values())
+    steps = {int(trainer.optimizer.state[p]["step"]) for p in trainer.model.parameters()}
+    assert all(set(d.synced.tolist()) == steps for d in trainer.fused._deferred.values())
 
 
 def test_compiled_and_autograd_adam_steps_share_one_state(small_split):

@@ -108,6 +108,12 @@ class FusedMFStep:
             Hogwild: faster, and not reproducible bit for bit).
         use_kernels: ``False`` keeps Adam and LazyAdam on the tensor path (the same maths; for comparing
             the two). ``online_sgd`` has no tensor path and ignores it.
+        defer: with dense Adam on the compiled path, apply each step to the batch's rows only and defer the
+            other rows' zero-gradient steps (:class:`recneg.kernels.DeferredAdam`) until the view reads
+            them, a batch leaves the compiled path, or :meth:`flush` is called. The same values to float
+            rounding, without a pass over both whole tables and moments per step. Between steps the
+            tables and Adam's moments are then behind for unread rows: call :meth:`flush` before reading
+            them (evaluation, checkpoints, your own code). The trainer does (at the end of each epoch).
 
     Use: ``loss, view, neg, status = step(users, pos, generator)``. ``status`` is :data:`UPDATED`: the
     tables are already updated; :data:`GRADIENTS`: the tables' ``.grad`` hold this batch's gradient: call
@@ -124,6 +130,7 @@ class FusedMFStep:
         optimizer: torch.optim.Optimizer | None = None,
         deterministic: bool = False,
         use_kernels: bool = True,
+        defer: bool = False,
     ):
         self.model, self.sampler, self.loss_fn, self.reg = model, sampler, loss_fn, float(reg)
         self.deterministic = deterministic
@@ -135,6 +142,9 @@ class FusedMFStep:
         self._kernel: kernels.AdamBPRKernel | None = None
         # why the compiled kernels do not run here: None, or numba's compile error, or the caller's choice
         self._kernel_error: str | None = None if use_kernels else "use_kernels=False"
+        self.defer = defer
+        # per table ("user", "item"): the deferred zero-gradient steps of dense Adam (see ``defer``)
+        self._deferred: dict[str, kernels.DeferredAdam] = {}
 
     @property
     def compiled(self) -> bool:
@@ -184,8 +194,11 @@ class FusedMFStep:
                 neg = self.sampler(users, pos, view, generator=generator)
             return self._online_step(users, pos, neg), view, neg, UPDATED
         view = self.model.view(users, pos)
+        if self._deferred:
+            view.before_read = self._catch_up  # rows the sampler reads are brought up to date first
         neg = self.sampler(users, pos, view, generator=generator)
         if not plain_item_negatives(neg):
+            self.flush()  # the optimiser's own step follows, over every row
             loss = self.loss_fn(view.user_emb, view.pos_emb, neg)
             loss = loss + regularization(view, neg, self.reg, "r1")
             if neg.aux_loss is not None:
@@ -194,6 +207,7 @@ class FusedMFStep:
         with torch.no_grad():
             if self.compiled and self._kernel_ready():
                 return self._compiled_step(users, pos, neg), view, neg, UPDATED
+            self.flush()
             loss = self._write_gradients(users, pos, view, neg)
         return loss, view, neg, GRADIENTS
 
@@ -236,15 +250,20 @@ class FusedMFStep:
         optimizer = self.optimizer
         lazy = isinstance(optimizer, LazyAdam)
         user_table, item_table = self.model.user_embedding.weight, self.model.item_embedding.weight
+        defer = self.defer and not lazy
         adam = []
-        for table in (user_table, item_table):
+        step = 0
+        for which, table in (("user", user_table), ("item", item_table)):
             table.grad = None  # the update below replaces the optimiser's step
             group = _group_of(optimizer, table)
+            if defer:
+                self._deferral(which, table, group)
             if isinstance(optimizer, LazyAdam):
                 m, v, step_size, sqrt_bc2 = optimizer.advance(table, group)
             else:
                 assert isinstance(optimizer, torch.optim.Adam)
                 m, v, step_size, sqrt_bc2 = adam_advance(optimizer, table, group)
+                step = int(optimizer.state[table]["step"])
             beta1, beta2 = group["betas"]
             wd = 0.0 if lazy else float(group["weight_decay"])
             adam.append(
@@ -257,8 +276,64 @@ class FusedMFStep:
             self.reg / len(users),
             adam,
             dense=not lazy,
+            deferred=[self._deferred["user"], self._deferred["item"]] if defer else None,
+            step=step,
         )
+        if defer:
+            for which, s in zip(("user", "item"), adam, strict=True):
+                self._deferred[which].record(step, s.step_size, s.sqrt_bc2)
         return torch.tensor(loss, dtype=user_table.dtype)
+
+    def _deferral(self, which: str, table: Tensor, group: dict) -> kernels.DeferredAdam:
+        """The deferred steps of ``table``, checked against Adam's state before this step advances it."""
+        assert self.optimizer is not None
+        state = self.optimizer.state.get(table)
+        before = int(state["step"]) if state else 0
+        beta1, beta2 = group["betas"]
+        hyper = (float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]))
+        deferred = self._deferred.get(which)
+        if deferred is None:
+            deferred = self._deferred[which] = kernels.DeferredAdam(table.shape[0])
+        if deferred.step != before or deferred.hyper != hyper:
+            if deferred.pending and deferred.step != before:
+                raise RuntimeError(
+                    f"the {which} table's Adam state is at step {before}, but rows were left behind at step "
+                    f"{deferred.step}: something stepped the optimiser or loaded state without "
+                    f"FusedMFStep.flush() (or discard()) first"
+                )
+            self._flush_table(which)  # betas, eps or weight decay changed: the owed steps use the old ones
+            deferred.start(before, hyper)
+        return deferred
+
+    def _arrays(self, which: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        assert self.optimizer is not None
+        table = (self.model.user_embedding if which == "user" else self.model.item_embedding).weight
+        state = self.optimizer.state[table]
+        return table.detach().numpy(), state["exp_avg"].numpy(), state["exp_avg_sq"].numpy()
+
+    def _catch_up(self, which: str, ids: Tensor | None) -> None:
+        """Bring rows ``ids`` of the ``which`` table (``None``: all) up to date; the view's read hook."""
+        deferred = self._deferred.get(which)
+        if deferred is None or not deferred.pending:
+            return
+        if ids is None:
+            self._flush_table(which)
+        else:
+            deferred.catch_up(*self._arrays(which), ids.detach().to(torch.int64).contiguous().numpy())
+
+    def _flush_table(self, which: str) -> None:
+        deferred = self._deferred.get(which)
+        if deferred is not None and deferred.pending:
+            deferred.flush(*self._arrays(which))
+
+    def flush(self) -> None:
+        """Apply every deferred step (``defer``): afterwards the tables and Adam's state are current."""
+        for which in self._deferred:
+            self._flush_table(which)
+
+    def discard(self) -> None:
+        """Forget the deferred steps (after the tables and optimiser state were replaced, e.g. loaded)."""
+        self._deferred.clear()
 
     def _online_step(self, users: Tensor, pos: Tensor, neg: Negatives) -> Tensor:
         """``online_sgd``: the batch's pairs updated one by one in place; returns the mean of ``f_b``."""

@@ -10,7 +10,11 @@ batch's rows of the table and of both moments. The kernels here walk the batch o
 2. ``lazy_adam_rows`` applies :class:`~recneg.optim.LazyAdam`'s update to those rows, with the
    gradient summed over a row's occurrences, and zeroes the scratch rows again; or ``dense_adam_table``
    applies :class:`torch.optim.Adam`'s update to every row of the table (``g = 0`` on rows the batch did not
-   touch, plus ``weight_decay · P`` on all), reading the scratch only for touched rows.
+   touch, plus ``weight_decay · P`` on all), reading the scratch only for touched rows; or, with
+   :class:`DeferredAdam` (what the trainer uses), ``adam_touched_rows`` applies dense Adam's step to the
+   touched rows only, after ``adam_catch_up`` has brought them up to date: the other rows' zero-gradient
+   steps are replayed when something reads them (``adam_catch_up``) or at the end of an epoch
+   (``adam_flush``).
 
 The result is LazyAdam's, or dense Adam's, step to float rounding (``tests/test_fused_step.py`` checks
 both). The dense pass reads and writes the table and both moments once (6 floats a parameter), where
@@ -35,6 +39,7 @@ import importlib.util
 import math
 import os
 import sys
+import threading
 import warnings
 from typing import Any, NamedTuple
 
@@ -72,16 +77,32 @@ def compiled(name: str) -> Any:
         fast = {"reassoc", "contract"}
         block = numba.njit(cache=True, nogil=True, fastmath=fast)(_online_sgd_block)
         globals()["_online_sgd_block"] = block  # what the compiled _online_sgd_bpr calls
+        # inlined into the two kernels that call it: as a separate function its loops stay scalar (5x slower)
+        globals()["_replay_row"] = numba.njit(cache=True, nogil=True, inline="always")(_replay_row)
         _COMPILED.update(
-            accumulate_bpr_gradients=jit(_accumulate_bpr_gradients),
+            # its 64-term dot products vectorise when they may reassociate (as online SGD's)
+            accumulate_bpr_gradients=numba.njit(cache=True, nogil=True, parallel=True, fastmath=fast)(
+                _accumulate_bpr_gradients
+            ),
             lazy_adam_rows=jit(_lazy_adam_rows),
             dense_adam_table=jit(_dense_adam_table),
+            adam_catch_up=jit(_adam_catch_up),
+            adam_flush=jit(_adam_flush),
+            adam_touched_rows=jit(_adam_touched_rows),
             score_rows=numba.njit(cache=True, nogil=True, parallel=True, fastmath=fast)(_score_rows),
             bitmap_contains=jit(_bitmap_contains),
             online_sgd_bpr=numba.njit(cache=True, nogil=True, parallel=True, fastmath=fast)(_online_sgd_bpr),
         )
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    caller = threading.get_ident()  # numba's setting is per calling thread
+    if _THREADS_SET.get(caller) != threads:
+        numba.set_num_threads(threads)
+        _THREADS_SET[caller] = threads
     return _COMPILED[name]
+
+
+#: calling thread -> the numba thread count last set from it (set_num_threads costs ~6 µs a call)
+_THREADS_SET: dict[int, int] = {}
 
 
 #: kernel name -> whether it ran on tiny inputs here (see :func:`ready`)
@@ -144,16 +165,24 @@ def _accumulate_bpr_gradients(
     when ``has_weight``, else ``1/n``); ``lam`` = λ / B. Three passes: the pair coefficients
     ``g_bj = ∂L/∂r_bj`` (parallel over pairs, tables read only), then the row gradients, each row owned by one
     of ``n_parts`` workers (``row % n_parts``) that adds its terms in batch order: no write conflicts, and
-    the same sums for any number of threads. Returns ``(loss, number of user rows, number of item rows)``.
+    the same sums for any number of threads. Returns ``(loss, number of user rows, number of item rows)``,
+    or ``(0, -1, -1)`` when an id lies outside its table (nothing is written then).
     """
     batch, n = negs.shape
     dim = user_table.shape[1]
+    n_users, n_items = user_table.shape[0], item_table.shape[0]
+    for b in range(batch):  # ids are read unsigned below (numba then vectorises the row loops): check them
+        if users[b] < 0 or users[b] >= n_users or pos[b] < 0 or pos[b] >= n_items:
+            return 0.0, -1, -1
+        for c in range(n):
+            if negs[b, c] < 0 or negs[b, c] >= n_items:
+                return 0.0, -1, -1
     coef = np.empty((batch, n), dtype=np.float32)
     coef_sum = np.empty(batch, dtype=np.float32)
     row_loss = np.empty(batch, dtype=np.float64)
     for b in numba.prange(batch):
-        u = users[b]
-        i = pos[b]
+        u = np.uint64(users[b])
+        i = np.uint64(pos[b])
         pos_score = np.float32(0.0)
         sq_u = np.float32(0.0)
         sq_i = np.float32(0.0)
@@ -165,7 +194,7 @@ def _accumulate_bpr_gradients(
         g_sum = np.float32(0.0)
         reg_neg = 0.0
         for c in range(n):
-            j = negs[b, c]
+            j = np.uint64(negs[b, c])
             w = weight[b, c] if has_weight else np.float32(1.0 / n)
             neg_score = np.float32(0.0)
             sq = np.float32(0.0)
@@ -183,24 +212,24 @@ def _accumulate_bpr_gradients(
     lam32 = np.float32(lam)
     for part in numba.prange(n_parts):
         for b in range(batch):
-            u = users[b]
-            i = pos[b]
-            if u % n_parts == part:  # ∂L/∂e_u = Σ_j g_bj e_j − (Σ_j g_bj) e_i + (λ/B) e_u
+            u = np.uint64(users[b])
+            i = np.uint64(pos[b])
+            if users[b] % n_parts == part:  # ∂L/∂e_u = Σ_j g_bj e_j − (Σ_j g_bj) e_i + (λ/B) e_u
                 for c in range(n):
-                    j = negs[b, c]
+                    j = np.uint64(negs[b, c])
                     g = coef[b, c]
                     for k in range(dim):
                         user_grad[u, k] += g * item_table[j, k]
                 g_sum = coef_sum[b]
                 for k in range(dim):
                     user_grad[u, k] += lam32 * user_table[u, k] - g_sum * item_table[i, k]
-            if i % n_parts == part:  # ∂L/∂e_i = −(Σ_j g_bj) e_u + (λ/B) e_i
+            if pos[b] % n_parts == part:  # ∂L/∂e_i = −(Σ_j g_bj) e_u + (λ/B) e_i
                 g_sum = coef_sum[b]
                 for k in range(dim):
                     item_grad[i, k] += lam32 * item_table[i, k] - g_sum * user_table[u, k]
             for c in range(n):  # ∂L/∂e_j = g_bj e_u + (λ/B) w_bj e_j
-                j = negs[b, c]
-                if j % n_parts == part:
+                j = np.uint64(negs[b, c])
+                if negs[b, c] % n_parts == part:
                     g = coef[b, c]
                     lw = lam32 * (weight[b, c] if has_weight else np.float32(1.0 / n))
                     for k in range(dim):
@@ -208,18 +237,18 @@ def _accumulate_bpr_gradients(
     n_user_rows = 0
     n_item_rows = 0
     for b in range(batch):
-        u = users[b]
+        u = np.uint64(users[b])
         if user_seen[u] == 0:
             user_seen[u] = 1
             user_rows[n_user_rows] = u
             n_user_rows += 1
-        i = pos[b]
+        i = np.uint64(pos[b])
         if item_seen[i] == 0:
             item_seen[i] = 1
             item_rows[n_item_rows] = i
             n_item_rows += 1
         for c in range(n):
-            j = negs[b, c]
+            j = np.uint64(negs[b, c])
             if item_seen[j] == 0:
                 item_seen[j] = 1
                 item_rows[n_item_rows] = j
@@ -283,6 +312,170 @@ def _dense_adam_table(
             table[row, k] = p - size * m / (np.sqrt(v) / bc2 + eps32)
         if touched:
             seen[row] = 0
+
+
+#: rows per parallel block of the replay kernels (each block allocates its scratch once)
+_REPLAY_BLOCK = 64
+
+
+def _replay_row(
+    table, exp_avg, exp_avg_sq, row, first, last, sizes, bc2s, offset, beta1, beta2, eps, wd, root
+):
+    """Dense Adam's steps ``first … last`` with no batch gradient on ``row`` (in place, in float32).
+
+    Step ``s`` uses ``sizes[s − offset]`` (``lr / (1 − β1^s)`` at that step) and ``bc2s[s − offset]``
+    (``sqrt(1 − β2^s)``). With ``weight_decay > 0`` the gradient is ``wd · P`` and each step is the dense
+    update as written in :func:`_dense_adam_table`. With ``wd = 0`` the gradient is 0, so ``m`` and ``v``
+    only decay (``m ← β1 m``, ``v ← β2 v``), ``sqrt(v)`` is carried as ``sqrt(v_first−1) · sqrt(β2)^j``
+    instead of taken each step, and the bias correction is folded into the step's two scalars: the same
+    update to float rounding with one division per parameter and step instead of two and a square root.
+    ``root [d]`` is scratch (allocated once per block of rows by the callers: an allocation per row cost
+    as much as a step).
+    """
+    dim = table.shape[1]
+    b1, b2 = np.float32(beta1), np.float32(beta2)
+    c1, c2 = np.float32(1.0 - beta1), np.float32(1.0 - beta2)
+    eps32, decay = np.float32(eps), np.float32(wd)
+    if wd == 0.0:
+        sqrt_b2 = np.float32(math.sqrt(beta2))
+        for k in range(dim):
+            root[k] = np.sqrt(exp_avg_sq[row, k])
+        for s in range(first, last + 1):
+            # size · m / (root / bc2 + ε) as (size · bc2) · m / (root + ε · bc2): one division, not two
+            size, bc2 = sizes[s - offset], bc2s[s - offset]
+            scaled_size, scaled_eps = size * bc2, eps32 * bc2
+            for k in range(dim):
+                m = b1 * exp_avg[row, k]
+                exp_avg[row, k] = m
+                exp_avg_sq[row, k] = b2 * exp_avg_sq[row, k]
+                root[k] = root[k] * sqrt_b2
+                table[row, k] = table[row, k] - scaled_size * m / (root[k] + scaled_eps)
+        return
+    for s in range(first, last + 1):
+        size, bc2 = sizes[s - offset], bc2s[s - offset]
+        for k in range(dim):
+            p = table[row, k]
+            g = decay * p
+            m = b1 * exp_avg[row, k] + c1 * g
+            v = b2 * exp_avg_sq[row, k] + c2 * g * g
+            exp_avg[row, k] = m
+            exp_avg_sq[row, k] = v
+            table[row, k] = p - size * m / (np.sqrt(v) / bc2 + eps32)
+
+
+def _adam_catch_up(table, exp_avg, exp_avg_sq, synced, ids, upto, sizes, bc2s, offset, beta1, beta2, eps, wd):
+    """Bring the rows ``ids`` (any order, repeats allowed) of a deferred dense Adam up to step ``upto``.
+
+    ``synced [n]`` int64 holds the step each row is at; rows behind get the steps they missed
+    (:func:`_replay_row`), in parallel over the distinct rows. Returns how many ids lie outside ``[0, n)``
+    (nothing is changed then).
+    """
+    n_rows = table.shape[0]
+    n_ids = ids.shape[0]
+    for x in range(n_ids):
+        if ids[x] < 0 or ids[x] >= n_rows:
+            return 1
+    rows = np.empty(n_ids, dtype=np.int64)
+    froms = np.empty(n_ids, dtype=np.int64)
+    count = 0
+    for x in range(n_ids):
+        row = ids[x]
+        if synced[row] < upto:
+            rows[count] = row
+            froms[count] = synced[row]
+            synced[row] = upto
+            count += 1
+    n_blocks = (count + _REPLAY_BLOCK - 1) // _REPLAY_BLOCK
+    for block in numba.prange(n_blocks):
+        root = np.empty(table.shape[1], dtype=np.float32)
+        for r in range(block * _REPLAY_BLOCK, min(count, (block + 1) * _REPLAY_BLOCK)):
+            _replay_row(  # an unsigned row lets numba drop negative-index handling: 6x faster here
+                table,
+                exp_avg,
+                exp_avg_sq,
+                np.uint64(rows[r]),
+                froms[r] + 1,
+                upto,
+                sizes,
+                bc2s,
+                offset,
+                beta1,
+                beta2,
+                eps,
+                wd,
+                root,
+            )
+    return 0
+
+
+def _adam_flush(table, exp_avg, exp_avg_sq, synced, upto, sizes, bc2s, offset, beta1, beta2, eps, wd):
+    """Bring every row of a deferred dense Adam up to step ``upto``; parallel over rows."""
+    n_rows = table.shape[0]
+    n_blocks = (n_rows + _REPLAY_BLOCK - 1) // _REPLAY_BLOCK
+    for block in numba.prange(n_blocks):
+        root = np.empty(table.shape[1], dtype=np.float32)
+        for row in range(block * _REPLAY_BLOCK, min(n_rows, (block + 1) * _REPLAY_BLOCK)):
+            if synced[row] < upto:
+                _replay_row(
+                    table,
+                    exp_avg,
+                    exp_avg_sq,
+                    np.uint64(row),
+                    synced[row] + 1,
+                    upto,
+                    sizes,
+                    bc2s,
+                    offset,
+                    beta1,
+                    beta2,
+                    eps,
+                    wd,
+                    root,
+                )
+                synced[row] = upto
+
+
+def _adam_touched_rows(
+    table,
+    grad,
+    exp_avg,
+    exp_avg_sq,
+    seen,
+    rows,
+    n_rows,
+    step_size,
+    beta1,
+    beta2,
+    sqrt_bc2,
+    eps,
+    wd,
+    synced,
+    step,
+):
+    """Dense Adam's step ``step`` on the batch's rows ``rows[:n_rows]`` (current at ``step − 1``) only.
+
+    The update of :func:`_dense_adam_table` for a touched row (``g = wd · P + grad``); then the grad rows
+    and flags are zeroed and ``synced[row] = step``. The other rows' step is left to :func:`_replay_row`.
+    """
+    dim = table.shape[1]
+    b1, b2 = np.float32(beta1), np.float32(beta2)
+    c1, c2 = np.float32(1.0 - beta1), np.float32(1.0 - beta2)
+    size, bc2, eps32 = np.float32(step_size), np.float32(sqrt_bc2), np.float32(eps)
+    decay = np.float32(wd)
+    for r in numba.prange(n_rows):
+        row = np.uint64(rows[r])  # rows from the gradient kernel's list: in range
+        for k in range(dim):
+            p = table[row, k]
+            g = decay * p
+            g += grad[row, k]
+            grad[row, k] = 0.0
+            m = b1 * exp_avg[row, k] + c1 * g
+            v = b2 * exp_avg_sq[row, k] + c2 * g * g
+            exp_avg[row, k] = m
+            exp_avg_sq[row, k] = v
+            table[row, k] = p - size * m / (np.sqrt(v) / bc2 + eps32)
+        seen[row] = 0
+        synced[row] = step
 
 
 def _score_rows(table, user_emb, ids, out):
@@ -506,6 +699,97 @@ class AdamState(NamedTuple):
     weight_decay: float = 0.0
 
 
+class DeferredAdam:
+    """Dense Adam on one table with each row's zero-gradient steps deferred until the row is read.
+
+    A step of :class:`torch.optim.Adam` moves every row of a table: rows the batch did not touch have
+    gradient 0 (plus ``weight_decay · P``), and their moments decay and their values move by the decaying
+    first moment. Such a row's steps depend on nothing but the row and the step's constants, so they can be
+    applied later, in one go, when something reads the row (:meth:`catch_up`) or at the end of an epoch
+    (:meth:`flush`): the same values, to float rounding, without a pass over the whole table and both
+    moments every step (~108 MB on Gowalla). It holds the step each row is at (``synced [n]``) and the
+    constants ``lr / (1 − β1^s)``, ``sqrt(1 − β2^s)`` of the steps recorded since every row was last
+    current. The steps are replayed one by one (:func:`_replay_row`); ``lr`` may change between steps
+    (a scheduler), ``betas``, ``eps`` and ``weight_decay`` may not while rows are behind (:meth:`start`).
+    """
+
+    #: a read of at least 1/FLUSH_FRACTION of the rows brings the whole table up to date (in row order)
+    FLUSH_FRACTION = 4
+
+    def __init__(self, n_rows: int):
+        self.synced = np.zeros(n_rows, dtype=np.int64)
+        self.step = -1  # the step the rows are brought to on reading; -1 before :meth:`start`
+        self.offset = 0  # the constants of step s are at index s - offset
+        self.sizes = np.empty(64, dtype=np.float32)
+        self.bc2s = np.empty(64, dtype=np.float32)
+        self.hyper: tuple[float, float, float, float] | None = None  # beta1, beta2, eps, weight_decay
+
+    @property
+    def pending(self) -> bool:
+        """Whether some rows are behind :attr:`step` (steps were recorded since every row was current)."""
+        return self.step >= self.offset
+
+    def start(self, step: int, hyper: tuple[float, float, float, float]) -> None:
+        """Every row is current at ``step`` (the optimiser's step count), under ``hyper``; nothing pending."""
+        self.synced.fill(step)
+        self.step, self.offset, self.hyper = step, step + 1, hyper
+
+    def record(self, step: int, step_size: float, sqrt_bc2: float) -> None:
+        """Step ``step`` (= :attr:`step` + 1) was taken on the touched rows; the others owe it."""
+        i = step - self.offset
+        if i >= len(self.sizes):
+            self.sizes = np.concatenate([self.sizes, np.empty_like(self.sizes)])
+            self.bc2s = np.concatenate([self.bc2s, np.empty_like(self.bc2s)])
+        self.sizes[i], self.bc2s[i] = step_size, sqrt_bc2
+        self.step = step
+
+    def catch_up(
+        self, table: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray, ids: np.ndarray
+    ) -> None:
+        """Bring rows ``ids`` (int64, any shape) up to :attr:`step`; ``IndexError`` for ids off the table."""
+        if not self.pending:
+            return
+        if ids.size * self.FLUSH_FRACTION >= len(self.synced):
+            # many rows (DNS's candidates): one pass in row order is cheaper than reaching each at random
+            if ids.size and (ids.min() < 0 or ids.max() >= len(self.synced)):
+                raise IndexError(f"ids outside the table's rows [0, {table.shape[0]}) were read")
+            self.flush(table, exp_avg, exp_avg_sq)
+            return
+        assert self.hyper is not None
+        bad = compiled("adam_catch_up")(
+            table,
+            exp_avg,
+            exp_avg_sq,
+            self.synced,
+            ids.reshape(-1),
+            self.step,
+            self.sizes,
+            self.bc2s,
+            self.offset,
+            *self.hyper,
+        )
+        if bad:
+            raise IndexError(f"ids outside the table's rows [0, {table.shape[0]}) were read")
+
+    def flush(self, table: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray) -> None:
+        """Bring every row up to :attr:`step`; afterwards nothing is pending."""
+        if not self.pending:
+            return
+        assert self.hyper is not None
+        compiled("adam_flush")(
+            table,
+            exp_avg,
+            exp_avg_sq,
+            self.synced,
+            self.step,
+            self.sizes,
+            self.bc2s,
+            self.offset,
+            *self.hyper,
+        )
+        self.offset = self.step + 1
+
+
 class AdamBPRKernel:
     """Scratch state of the compiled MF + (soft) BPR + R1 + Adam step for one pair of tables.
 
@@ -535,6 +819,33 @@ class AdamBPRKernel:
                 kernel.step(
                     table, table.copy(), ids, ids, ids.reshape(1, 1), weight, 1.0, 1.0, 0.0, state, dense
                 )
+        for wd in (0.0, 1e-4):  # the deferred dense step, catching up and flushing rows behind
+            deferred = [DeferredAdam(2), DeferredAdam(2)]
+            for d in deferred:
+                d.start(0, (0.9, 0.999, 1e-8, wd))
+            state = [
+                AdamState(np.zeros_like(table), np.zeros_like(table), 1e-3, 1.0, 0.9, 0.999, 1e-8, wd)
+            ] * 2
+            for step in (1, 2):
+                for weight in (None, np.ones((1, 1), dtype=np.float32)):
+                    kernel.step(
+                        table,
+                        table.copy(),
+                        ids,
+                        ids,
+                        ids.reshape(1, 1),
+                        weight,
+                        1.0,
+                        1.0,
+                        0.0,
+                        state,
+                        True,
+                        deferred,
+                        step,
+                    )
+                for d in deferred:
+                    d.record(step, 1e-3, 1.0)
+            deferred[0].flush(table, state[0].exp_avg, state[0].exp_avg_sq)
 
     def step(
         self,
@@ -549,9 +860,20 @@ class AdamBPRKernel:
         lam: float,
         adam: list[AdamState],
         dense: bool,
+        deferred: list[DeferredAdam] | None = None,
+        step: int = 0,
     ) -> float:
-        """One step; ``adam`` holds the users' table's state, then the items'. Returns the batch loss."""
+        """One step; ``adam`` holds the users' table's state, then the items'. Returns the batch loss.
+
+        With ``deferred`` (dense Adam only; the users' table's, then the items'), the batch's rows are first
+        brought up to the previous step, and the update of step ``step`` is applied to the touched rows only:
+        the others owe it (:class:`DeferredAdam`), and the caller records it.
+        """
         accumulate_bpr_gradients = compiled("accumulate_bpr_gradients")
+        if deferred is not None:
+            deferred[0].catch_up(user_table, adam[0].exp_avg, adam[0].exp_avg_sq, users)
+            items = np.concatenate((pos, negs.reshape(-1)))
+            deferred[1].catch_up(item_table, adam[1].exp_avg, adam[1].exp_avg_sq, items)
         user_rows = np.empty(len(users), dtype=np.int64)
         item_rows = np.empty(negs.size + len(pos), dtype=np.int64)
         w = weight if weight is not None else np.empty((1, 1), dtype=np.float32)
@@ -574,11 +896,36 @@ class AdamBPRKernel:
             lam,
             numba.get_num_threads(),
         )
-        for table, grad, seen, rows, n_rows, s in (
-            (user_table, self.user_grad, self.user_seen, user_rows, n_user_rows, adam[0]),
-            (item_table, self.item_grad, self.item_seen, item_rows, n_item_rows, adam[1]),
+        if n_user_rows < 0:
+            raise IndexError(
+                f"the batch has ids outside the tables: users [0, {len(user_table)}), items "
+                f"[0, {len(item_table)})"
+            )
+        for index, (table, grad, seen, rows, n_rows, s) in enumerate(
+            (
+                (user_table, self.user_grad, self.user_seen, user_rows, n_user_rows, adam[0]),
+                (item_table, self.item_grad, self.item_seen, item_rows, n_item_rows, adam[1]),
+            )
         ):
-            if dense:
+            if deferred is not None:
+                compiled("adam_touched_rows")(
+                    table,
+                    grad,
+                    s.exp_avg,
+                    s.exp_avg_sq,
+                    seen,
+                    rows,
+                    n_rows,
+                    s.step_size,
+                    s.beta1,
+                    s.beta2,
+                    s.sqrt_bc2,
+                    s.eps,
+                    s.weight_decay,
+                    deferred[index].synced,
+                    step,
+                )
+            elif dense:
                 compiled("dense_adam_table")(
                     table,
                     grad,
@@ -614,6 +961,7 @@ __all__ = [
     "AVAILABLE",
     "AdamBPRKernel",
     "AdamState",
+    "DeferredAdam",
     "bitmap_contains",
     "compiled",
     "online_sgd_bpr",

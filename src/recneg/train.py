@@ -203,6 +203,8 @@ class Trainer:
                 deterministic=cfg.deterministic,
                 # the compiled kernels update the tables inside the step, before on_batch hooks run
                 use_kernels=not any(hasattr(cb, "on_batch") for cb in self.callbacks),
+                # dense Adam's steps of unread rows wait until read or the epoch's end (flushed below)
+                defer=True,
             )
             if self.fused_blocker is None
             else None
@@ -243,13 +245,52 @@ class Trainer:
         total = torch.zeros((), device=self.device, dtype=torch.float64)
         stats: dict = {}
         paths: dict[str, int] = {}  # how many steps each path ran (recneg.fused_step)
-        steps = 0
         bar = None
         if cfg.progress and self.dist.is_main:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=n_batches, desc=f"epoch {self.epoch + 1}", leave=False, unit="batch")
         start = time.perf_counter()
+        try:
+            steps = self._train_batches(n_batches, perm, total, stats, paths, bar, start)
+        finally:
+            if self.fused is not None:
+                self.fused.flush()  # the tables and optimiser state are current from here on
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        if bar is not None:
+            bar.close()
+        steps = max(steps, 1)
+        mean_loss = float(all_mean(total)) / steps
+        if not math.isfinite(mean_loss):
+            raise DivergedError(
+                f"training loss became {mean_loss} in epoch {self.epoch + 1}; expected a finite loss: lower "
+                f"the lr ({cfg.lr:g}); the last checkpoint is kept"
+            )
+        record: dict[str, Any] = {
+            "epoch": self.epoch + 1,
+            "loss": mean_loss,
+            "train_seconds": seconds,
+            "pairs_per_second": n / seconds if seconds > 0 else None,
+            "step_paths": paths,
+        }
+        if stats:
+            record["sampler"] = self._mean_over_ranks({k: float(v) / steps for k, v in stats.items()})
+        for cb in self.callbacks:
+            if hasattr(cb, "on_epoch_end"):
+                extra = cb.on_epoch_end(self, record)
+                if extra:
+                    record.setdefault("diagnostics", {}).update(extra)
+        return record
+
+    def _train_batches(self, n_batches, perm, total, stats, paths, bar, start) -> int:
+        """The epoch's batches: sample, step, accumulate ``total`` loss, ``stats`` and ``paths`` in place.
+
+        Returns the number of steps taken.
+        """
+        cfg = self.config
+        steps = 0
         for b in range(n_batches):
             idx = self._rank_rows(perm[b * cfg.batch_size : (b + 1) * cfg.batch_size])
             if idx.numel() == 0:  # a last batch smaller than the number of ranks: skipped by every rank
@@ -283,33 +324,7 @@ class Trainer:
                         loss=f"{float(total) / (b + 1):.4f}",
                         pairs_s=f"{(b + 1) * cfg.batch_size / elapsed:,.0f}",
                     )
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        seconds = time.perf_counter() - start
-        if bar is not None:
-            bar.close()
-        steps = max(steps, 1)
-        mean_loss = float(all_mean(total)) / steps
-        if not math.isfinite(mean_loss):
-            raise DivergedError(
-                f"training loss became {mean_loss} in epoch {self.epoch + 1}; expected a finite loss: lower "
-                f"the lr ({cfg.lr:g}); the last checkpoint is kept"
-            )
-        record: dict[str, Any] = {
-            "epoch": self.epoch + 1,
-            "loss": mean_loss,
-            "train_seconds": seconds,
-            "pairs_per_second": n / seconds if seconds > 0 else None,
-            "step_paths": paths,
-        }
-        if stats:
-            record["sampler"] = self._mean_over_ranks({k: float(v) / steps for k, v in stats.items()})
-        for cb in self.callbacks:
-            if hasattr(cb, "on_epoch_end"):
-                extra = cb.on_epoch_end(self, record)
-                if extra:
-                    record.setdefault("diagnostics", {}).update(extra)
-        return record
+        return steps
 
     def _rank_rows(self, idx):
         """This rank's block of one global batch ``idx [m]``: ``[m // world]`` rows (all of them alone).
@@ -462,6 +477,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.sampler.load_state_dict(state["sampler"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.fused is not None:
+            self.fused.discard()  # steps owed by rows of the replaced tables are void
         torch.set_rng_state(state["rng"]["torch"])
         self.shuffle_gen.set_state(state["rng"]["shuffle"])
         self.sample_gen.set_state(state["rng"]["sample"])

@@ -179,6 +179,14 @@ class PositiveIndex:
     n_items: int
     # None: not built yet; False: too large to build; else the packed bitmap [ceil(n_users*n_items/8)] uint8
     _bits: torch.Tensor | bool | None = field(default=None, repr=False)
+    _full_users: bool | None = field(default=None, repr=False)
+
+    @property
+    def has_full_users(self) -> bool:
+        """Whether some user has every item as a positive (no negative exists for it); computed once."""
+        if self._full_users is None:
+            self._full_users = bool((self.degree >= self.n_items).any())
+        return self._full_users
 
     @classmethod
     def from_csr(cls, csr: sp.csr_matrix, device="cpu") -> PositiveIndex:

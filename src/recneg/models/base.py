@@ -172,7 +172,15 @@ class TableView(ModelView):
             ``n_layers`` (L + 1) then gives their depth.
         sparse: gather the 2-D tables with row-sparse gradients (see :func:`_rows`); only for a model
             whose tables are its parameters (MF), where every lookup is then sparse.
+
+    Attributes:
+        before_read: ``None``, or ``f(which, ids)`` called before the view reads rows ``ids`` of the
+            ``"user"`` or ``"item"`` table (``ids=None``: the whole table). A training step that defers
+            updates of rows nobody reads (:class:`recneg.fused_step.FusedMFStep`, ``defer``) sets it to
+            bring those rows up to date first.
     """
+
+    before_read: Callable[[str, Tensor | None], None] | None = None
 
     def __init__(
         self,
@@ -210,6 +218,7 @@ class TableView(ModelView):
     @property
     def user_emb(self) -> Tensor:
         if self._user_emb is None:
+            self._read("user", self.users)
             with torch.set_grad_enabled(self._grad_enabled):
                 self._user_emb = _rows(self.user_table, self.users, self.sparse)
         return self._user_emb
@@ -221,6 +230,7 @@ class TableView(ModelView):
     @property
     def pos_emb(self) -> Tensor:
         if self._pos_emb is None:
+            self._read("item", self.pos)
             with torch.set_grad_enabled(self._grad_enabled):
                 self._pos_emb = _rows(self.item_table, self.pos, self.sparse)
         return self._pos_emb
@@ -229,6 +239,10 @@ class TableView(ModelView):
     def pos_emb(self, value: Tensor) -> None:
         self._pos_emb = value
 
+    def _read(self, which: str, ids: Tensor | None) -> None:
+        if self.before_read is not None:
+            self.before_read(which, ids)
+
     def _build_layer_tables(self) -> None:
         if self._item_layer_table is None and self._layer_tables is not None:
             self._user_layer_table, self._item_layer_table = self._layer_tables()
@@ -236,16 +250,19 @@ class TableView(ModelView):
     @property
     def user_layer_table(self) -> Tensor | None:
         """``[n_users, L+1, d]`` per-layer user table, built on first use when the model gave a builder."""
+        self._read("user", None)
         self._build_layer_tables()
         return self._user_layer_table
 
     @property
     def item_layer_table(self) -> Tensor | None:
         """``[n_items, L+1, d]`` per-layer item table, built on first use when the model gave a builder."""
+        self._read("item", None)
         self._build_layer_tables()
         return self._item_layer_table
 
     def item_emb(self, ids: Tensor) -> Tensor:
+        self._read("item", ids)
         rows = _rows(self.item_table, ids, self.sparse)
         self._last_item_emb = (ids, rows)
         return rows
@@ -257,33 +274,42 @@ class TableView(ModelView):
             last = getattr(self, "_last_item_emb", None)
             if last is not None and last[0] is ids:
                 return last[1]
+        self._read("item", ids)
         return _rows(self.item_ego_table, ids, self.sparse)
 
     def score(self, ids: Tensor) -> Tensor:
-        return score_rows(self.item_table, self.user_emb, ids)
+        user_emb = self.user_emb
+        self._read("item", ids)
+        return score_rows(self.item_table, user_emb, ids)
 
     @property
     def user_ego(self) -> Tensor:
         if self.user_ego_table is self.user_table:
             return self.user_emb
+        self._read("user", self.users)
         return _rows(self.user_ego_table, self.users, self.sparse)
 
     def item_layers(self, ids: Tensor) -> Tensor:
-        if self.item_layer_table is None:
+        self._build_layer_tables()
+        if self._item_layer_table is None:
             return super().item_layers(ids)
         if self.sparse:  # one layer (MF): the pooled rows are the layer
             return self.item_emb(ids).unsqueeze(-2)
-        return _rows(self.item_layer_table, ids)
+        self._read("item", ids)
+        return _rows(self._item_layer_table, ids)
 
     @property
     def user_layers(self) -> Tensor:
-        if self.user_layer_table is None:
+        self._build_layer_tables()
+        if self._user_layer_table is None:
             return super().item_layers(self.users)
         if self.sparse:
             return self.user_emb.unsqueeze(-2)
-        return self.user_layer_table[self.users]
+        self._read("user", self.users)
+        return self._user_layer_table[self.users]
 
     def all_items(self) -> Tensor:
+        self._read("item", None)
         return self.item_table
 
 

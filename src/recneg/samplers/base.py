@@ -125,6 +125,8 @@ class Sampler(nn.Module):
 
 # --------------------------------------------------------------------------------------------- pools
 def check_negatives_exist(index: PositiveIndex, users: Tensor) -> None:
+    if not index.has_full_users:  # the usual case: no per-batch check (and no device sync)
+        return
     full = index.degree[users] >= index.n_items
     if bool(full.any()):
         u = int(users[full][0])
