@@ -237,12 +237,23 @@ def test_compiled_dense_adam_step_equals_autograd_plus_adam(small_split, case, r
         torch.testing.assert_close(sc["exp_avg_sq"], sa["exp_avg_sq"], rtol=1e-4, atol=1e-9)
 
 
+#: DeferredAdam.FLUSH_FRACTION that sends every read and update row by row (0) or through whole-table
+#: passes (huge); the default (4) sends this small split's batches through whole-table passes
+ROUTES = {"row by row": 0, "whole table": 10**9}
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize(("reg", "weight_decay"), [(0.0, 0.0), (0.05, 0.0), (0.0, 0.01)])
-def test_deferred_dense_adam_equals_adam_at_every_row(small_split, case, reg, weight_decay):
+@pytest.mark.parametrize("route", sorted(ROUTES))
+def test_deferred_dense_adam_equals_adam_at_every_row(
+    small_split, case, reg, weight_decay, route, monkeypatch
+):
     """``defer``: rows a batch does not touch take their steps when read or flushed; the same tables and
     moments as torch's Adam over six steps (rows left behind for several steps, the lr changing)."""
     pytest.importorskip("numba")
+    from recneg.kernels import DeferredAdam
+
+    monkeypatch.setattr(DeferredAdam, "FLUSH_FRACTION", ROUTES[route])
     m_auto, opt_auto, loss_auto = _adam_steps(small_split, case, reg, weight_decay, (), n_steps=6)
     m_def, opt_def, loss_def = _adam_steps(small_split, case, reg, weight_decay, range(6), 6, defer=True)
     torch.testing.assert_close(loss_def, loss_auto, rtol=1e-5, atol=1e-6)  # DNS scored current rows
@@ -254,8 +265,11 @@ def test_deferred_dense_adam_equals_adam_at_every_row(small_split, case, reg, we
         torch.testing.assert_close(sc["exp_avg_sq"], sa["exp_avg_sq"], rtol=1e-4, atol=1e-9)
 
 
-def test_deferred_steps_interleave_with_the_optimisers_own(small_split):
+def test_deferred_steps_interleave_with_the_optimisers_own(small_split, monkeypatch):
     pytest.importorskip("numba")
+    from recneg.kernels import DeferredAdam
+
+    monkeypatch.setattr(DeferredAdam, "FLUSH_FRACTION", 0)  # rows left behind between the torch steps
     m_auto, _, loss_auto = _adam_steps(small_split, "dns-softbpr", 0.05, 0.0, (), n_steps=6)
     m_mix, _, loss_mix = _adam_steps(small_split, "dns-softbpr", 0.05, 0.0, (0, 1, 3, 4), 6, defer=True)
     torch.testing.assert_close(loss_mix, loss_auto, rtol=1e-5, atol=1e-6)
@@ -299,8 +313,11 @@ def test_replayed_steps_equal_adam_written_out_by_hand(route):
         deferred.catch_up(table, m, v, np.array([16], dtype=np.int64))
 
 
-def test_stepping_adam_elsewhere_while_rows_are_behind_is_refused(small_split):
+def test_stepping_adam_elsewhere_while_rows_are_behind_is_refused(small_split, monkeypatch):
     pytest.importorskip("numba")
+    from recneg.kernels import DeferredAdam
+
+    monkeypatch.setattr(DeferredAdam, "FLUSH_FRACTION", 0)
     model = recneg.build_model("mf", small_split.train, dim=8)
     opt = torch.optim.Adam(list(model.parameters()), lr=0.05)
     fused = FusedMFStep(
@@ -315,8 +332,19 @@ def test_stepping_adam_elsewhere_while_rows_are_behind_is_refused(small_split):
         fused(users, pos, torch.Generator().manual_seed(1))
 
 
-def test_the_trainer_flushes_deferred_steps_at_the_end_of_an_epoch(small_split):
+def test_the_trainer_flushes_deferred_steps_at_the_end_of_an_epoch(small_split, monkeypatch):
     pytest.importorskip("numba")
+    from recneg.kernels import DeferredAdam
+
+    monkeypatch.setattr(DeferredAdam, "FLUSH_FRACTION", 0)
+    behind = []
+    original = DeferredAdam.flush
+
+    def flush(self, *arrays):
+        behind.append(int((self.synced < self.step).sum()))
+        original(self, *arrays)
+
+    monkeypatch.setattr(DeferredAdam, "flush", flush)
     trainer = Trainer(
         recneg.build_model("mf", small_split.train, dim=8),
         recneg.build_sampler("uniform"),
@@ -325,6 +353,7 @@ def test_the_trainer_flushes_deferred_steps_at_the_end_of_an_epoch(small_split):
     )
     assert trainer.fused is not None and trainer.fused.defer
     trainer.train_epoch()
+    assert max(behind) > 0  # rows were left behind during the epoch, and brought up to date at its end
     assert trainer.fused._deferred and not any(d.pending for d in trainer.fused._deferred.values())
     steps = {int(trainer.optimizer.state[p]["step"]) for p in trainer.model.parameters()}
     assert all(set(d.synced.tolist()) == steps for d in trainer.fused._deferred.values())
@@ -373,3 +402,33 @@ def test_a_kernel_that_cannot_compile_falls_back_to_the_tensor_path(small_split,
     assert status == GRADIENTS and not fused.compiled
     assert model.item_embedding.weight.grad.is_sparse
     assert fused(users, pos, torch.Generator().manual_seed(1))[3] == GRADIENTS  # no second warning needed
+
+
+class _OutOfRangeSampler(recneg.samplers.Sampler):
+    """Declares item-row negatives but returns an id one past the catalogue (a bug in a user's sampler)."""
+
+    emits_item_rows = True
+
+    def forward(self, users, pos, view, generator=None):
+        from recneg.samplers.base import Negatives
+
+        ids = torch.full((len(users), 1), self.bound_train.n_items)
+        return Negatives(emb=torch.zeros(len(users), 1, 8), ids=ids)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sparse_adam"])
+def test_the_compiled_step_refuses_ids_outside_the_tables(small_split, optimizer):
+    """The kernels index rows unsigned, without bounds checks: ids are checked first, nothing is written."""
+    pytest.importorskip("numba")
+    model = recneg.build_model("mf", small_split.train, dim=8)
+    use_sparse_gradients(model, optimizer)
+    params = list(model.parameters())
+    opt = LazyAdam(params, lr=0.01) if optimizer == "sparse_adam" else torch.optim.Adam(params, lr=0.01)
+    sampler = _OutOfRangeSampler().bind(small_split.train)
+    fused = FusedMFStep(model, sampler, BPRLoss(), 0.0, opt, defer=True)
+    users, pos = torch.as_tensor(small_split.train.users[:20]), torch.as_tensor(small_split.train.items[:20])
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(IndexError, match="outside the tables"):
+        fused(users, pos, torch.Generator().manual_seed(0))
+    for b, p in zip(before, params, strict=True):
+        assert torch.equal(b, p.detach())

@@ -279,9 +279,6 @@ class FusedMFStep:
             deferred=[self._deferred["user"], self._deferred["item"]] if defer else None,
             step=step,
         )
-        if defer:
-            for which, s in zip(("user", "item"), adam, strict=True):
-                self._deferred[which].record(step, s.step_size, s.sqrt_bc2)
         return torch.tensor(loss, dtype=user_table.dtype)
 
     def _deferral(self, which: str, table: Tensor, group: dict) -> kernels.DeferredAdam:

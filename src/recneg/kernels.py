@@ -867,7 +867,8 @@ class AdamBPRKernel:
 
         With ``deferred`` (dense Adam only; the users' table's, then the items'), the batch's rows are first
         brought up to the previous step, and the update of step ``step`` is applied to the touched rows only:
-        the others owe it (:class:`DeferredAdam`), and the caller records it.
+        the others owe it (:class:`DeferredAdam` records it). A table whose rows the batch touched by the
+        quarter or more takes the dense pass instead, and no row owes anything.
         """
         accumulate_bpr_gradients = compiled("accumulate_bpr_gradients")
         if deferred is not None:
@@ -907,7 +908,16 @@ class AdamBPRKernel:
                 (item_table, self.item_grad, self.item_seen, item_rows, n_item_rows, adam[1]),
             )
         ):
-            if deferred is not None:
+            owed = deferred[index] if deferred is not None else None
+            whole_table = dense
+            if owed is not None and n_rows * owed.FLUSH_FRACTION >= len(table):
+                # the batch touched many rows (Softmax-v's weighted candidates): one dense pass in row order
+                # is cheaper than updating them at random, and leaves no row behind
+                owed.flush(table, s.exp_avg, s.exp_avg_sq)
+                assert owed.hyper is not None
+                owed.start(step, owed.hyper)  # every row is at this step after the pass below
+                owed = None
+            if owed is not None:
                 compiled("adam_touched_rows")(
                     table,
                     grad,
@@ -922,10 +932,11 @@ class AdamBPRKernel:
                     s.sqrt_bc2,
                     s.eps,
                     s.weight_decay,
-                    deferred[index].synced,
+                    owed.synced,
                     step,
                 )
-            elif dense:
+                owed.record(step, s.step_size, s.sqrt_bc2)
+            elif whole_table:
                 compiled("dense_adam_table")(
                     table,
                     grad,

@@ -177,7 +177,8 @@ class TableView(ModelView):
         before_read: ``None``, or ``f(which, ids)`` called before the view reads rows ``ids`` of the
             ``"user"`` or ``"item"`` table (``ids=None``: the whole table). A training step that defers
             updates of rows nobody reads (:class:`recneg.fused_step.FusedMFStep`, ``defer``) sets it to
-            bring those rows up to date first.
+            bring those rows up to date first. Samplers therefore read through the methods and properties
+            above (``score``, ``item_emb``, ``all_items``, ...), not the ``*_table`` attributes.
     """
 
     before_read: Callable[[str, Tensor | None], None] | None = None
