@@ -432,3 +432,25 @@ def test_the_compiled_step_refuses_ids_outside_the_tables(small_split, optimizer
         fused(users, pos, torch.Generator().manual_seed(0))
     for b, p in zip(before, params, strict=True):
         assert torch.equal(b, p.detach())
+
+
+@pytest.mark.parametrize(("sampler", "item_rows_behind"), [("dns", False), ("uniform", True)])
+def test_a_table_the_sampler_reads_wholesale_takes_the_dense_pass(
+    small_split, monkeypatch, sampler, item_rows_behind
+):
+    """DNS reads most of the item table every step: its update then runs over every row (no row left
+    behind for the next step's read to replay at random); uniform's item rows stay deferred."""
+    pytest.importorskip("numba")
+    from recneg.kernels import DeferredAdam
+
+    monkeypatch.setattr(DeferredAdam, "FLUSH_FRACTION", 1)  # 400 candidates of 300 items: wholesale; 100: not
+    model = recneg.build_model("mf", small_split.train, dim=8)
+    opt = torch.optim.Adam(list(model.parameters()), lr=0.05)
+    args = {"n_candidates": 8} if sampler == "dns" else {}
+    built = recneg.build_sampler(sampler, **args).bind(small_split.train)
+    fused = FusedMFStep(model, built, BPRLoss(), 0.0, opt, defer=True)
+    users, pos = torch.as_tensor(small_split.train.users[:50]), torch.as_tensor(small_split.train.items[:50])
+    for s in range(3):
+        assert fused(users, pos, torch.Generator().manual_seed(s))[3] == UPDATED
+    assert fused._deferred["item"].pending == item_rows_behind
+    assert fused._deferred["user"].pending  # 50 pairs of 200 users: those rows stay deferred either way

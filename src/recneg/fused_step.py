@@ -311,7 +311,10 @@ class FusedMFStep:
     def _catch_up(self, which: str, ids: Tensor | None) -> None:
         """Bring rows ``ids`` of the ``which`` table (``None``: all) up to date; the view's read hook."""
         deferred = self._deferred.get(which)
-        if deferred is None or not deferred.pending:
+        if deferred is None:
+            return
+        deferred.note_read(len(deferred.synced) if ids is None else ids.numel())
+        if not deferred.pending:
             return
         if ids is None:
             self._flush_table(which)

@@ -723,6 +723,8 @@ class DeferredAdam:
         self.sizes = np.empty(64, dtype=np.float32)
         self.bc2s = np.empty(64, dtype=np.float32)
         self.hyper: tuple[float, float, float, float] | None = None  # beta1, beta2, eps, weight_decay
+        #: a read since the last :meth:`start` covered a large part of the table (see :meth:`catch_up`)
+        self.read_whole = False
 
     @property
     def pending(self) -> bool:
@@ -733,6 +735,7 @@ class DeferredAdam:
         """Every row is current at ``step`` (the optimiser's step count), under ``hyper``; nothing pending."""
         self.synced.fill(step)
         self.step, self.offset, self.hyper = step, step + 1, hyper
+        self.read_whole = False
 
     def record(self, step: int, step_size: float, sqrt_bc2: float) -> None:
         """Step ``step`` (= :attr:`step` + 1) was taken on the touched rows; the others owe it."""
@@ -743,10 +746,17 @@ class DeferredAdam:
         self.sizes[i], self.bc2s[i] = step_size, sqrt_bc2
         self.step = step
 
+    def note_read(self, n_ids: int) -> None:
+        """A read of ``n_ids`` rows; one of a quarter of the table or more sets :attr:`read_whole` (the
+        step's update then takes the dense pass, :meth:`AdamBPRKernel.step`)."""
+        if n_ids * self.FLUSH_FRACTION >= len(self.synced):
+            self.read_whole = True
+
     def catch_up(
         self, table: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray, ids: np.ndarray
     ) -> None:
         """Bring rows ``ids`` (int64, any shape) up to :attr:`step`; ``IndexError`` for ids off the table."""
+        self.note_read(ids.size)
         if not self.pending:
             return
         if ids.size * self.FLUSH_FRACTION >= len(self.synced):
@@ -867,8 +877,8 @@ class AdamBPRKernel:
 
         With ``deferred`` (dense Adam only; the users' table's, then the items'), the batch's rows are first
         brought up to the previous step, and the update of step ``step`` is applied to the touched rows only:
-        the others owe it (:class:`DeferredAdam` records it). A table whose rows the batch touched by the
-        quarter or more takes the dense pass instead, and no row owes anything.
+        the others owe it (:class:`DeferredAdam` records it). A table whose rows the batch touched, or the
+        sampler read, by the quarter or more takes the dense pass instead, and no row owes anything.
         """
         accumulate_bpr_gradients = compiled("accumulate_bpr_gradients")
         if deferred is not None:
@@ -910,9 +920,10 @@ class AdamBPRKernel:
         ):
             owed = deferred[index] if deferred is not None else None
             whole_table = dense
-            if owed is not None and n_rows * owed.FLUSH_FRACTION >= len(table):
-                # the batch touched many rows (Softmax-v's weighted candidates): one dense pass in row order
-                # is cheaper than updating them at random, and leaves no row behind
+            if owed is not None and (owed.read_whole or n_rows * owed.FLUSH_FRACTION >= len(table)):
+                # the batch touched many rows (Softmax-v's weighted candidates), or the sampler read many
+                # (DNS's candidates; it will again next step): one dense pass in row order is cheaper than
+                # updating the touched rows at random and replaying the others at the next read
                 owed.flush(table, s.exp_avg, s.exp_avg_sq)
                 assert owed.hyper is not None
                 owed.start(step, owed.hyper)  # every row is at this step after the pass below
