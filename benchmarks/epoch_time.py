@@ -227,6 +227,7 @@ def main(argv=None) -> None:
     names = list(runners)
     for r in runners.values():  # warm-up: first-use allocations, bitmap build
         r.step()
+        r.flush()
     times: dict[str, list[float]] = {n: [] for n in names}
     cuda_peak: dict[str, float] = {}
     for r in range(args.rounds):

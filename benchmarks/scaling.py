@@ -66,12 +66,14 @@ def run_point(args) -> dict:
     eval_peak = peak_rss_mb() - before
     for r in runners.values():
         r.step()
+        r.flush()
     times = {k: [] for k in runners}
     for _ in range(args.rounds):
         for k, r in runners.items():
             t = time.perf_counter()
             for _ in range(args.steps):
                 r.step()
+            r.flush()  # dense Adam's deferred steps are part of the time
             times[k].append((time.perf_counter() - t) / args.steps)
     row = {
         "n_users": n_users,

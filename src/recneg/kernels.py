@@ -367,8 +367,8 @@ def _adam_catch_up(table, exp_avg, exp_avg_sq, synced, ids, upto, sizes, bc2s, o
     """Bring the rows ``ids`` (any order, repeats allowed) of a deferred dense Adam up to step ``upto``.
 
     ``synced [n]`` int64 holds the step each row is at; rows behind get the steps they missed
-    (:func:`_replay_row`), in parallel over the distinct rows. Returns how many ids lie outside ``[0, n)``
-    (nothing is changed then).
+    (:func:`_replay_row`), in parallel over the distinct rows. Returns 1 when an id lies outside ``[0, n)``
+    (nothing is changed then), else 0.
     """
     n_rows = table.shape[0]
     n_ids = ids.shape[0]
