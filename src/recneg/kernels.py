@@ -318,11 +318,10 @@ def _dense_adam_table(
 _REPLAY_BLOCK = 64
 
 
-def _replay_row(
-    table, exp_avg, exp_avg_sq, row, first, last, sizes, bc2s, offset, beta1, beta2, eps, wd, root
-):
+def _replay_row(arrays, constants, row, first, last, root):
     """Dense Adam's steps ``first … last`` with no batch gradient on ``row`` (in place, in float32).
 
+    ``arrays = (table, exp_avg, exp_avg_sq)``, ``constants = (sizes, bc2s, offset, beta1, beta2, eps, wd)``.
     Step ``s`` uses ``sizes[s − offset]`` (``lr / (1 − β1^s)`` at that step) and ``bc2s[s − offset]``
     (``sqrt(1 − β2^s)``). With ``weight_decay > 0`` the gradient is ``wd · P`` and each step is the dense
     update as written in :func:`_dense_adam_table`. With ``wd = 0`` the gradient is 0, so ``m`` and ``v``
@@ -332,6 +331,8 @@ def _replay_row(
     ``root [d]`` is scratch (allocated once per block of rows by the callers: an allocation per row cost
     as much as a step).
     """
+    table, exp_avg, exp_avg_sq = arrays
+    sizes, bc2s, offset, beta1, beta2, eps, wd = constants
     dim = table.shape[1]
     b1, b2 = np.float32(beta1), np.float32(beta2)
     c1, c2 = np.float32(1.0 - beta1), np.float32(1.0 - beta2)
@@ -385,53 +386,26 @@ def _adam_catch_up(table, exp_avg, exp_avg_sq, synced, ids, upto, sizes, bc2s, o
             froms[count] = synced[row]
             synced[row] = upto
             count += 1
+    arrays, constants = (table, exp_avg, exp_avg_sq), (sizes, bc2s, offset, beta1, beta2, eps, wd)
     n_blocks = (count + _REPLAY_BLOCK - 1) // _REPLAY_BLOCK
     for block in numba.prange(n_blocks):
         root = np.empty(table.shape[1], dtype=np.float32)
         for r in range(block * _REPLAY_BLOCK, min(count, (block + 1) * _REPLAY_BLOCK)):
-            _replay_row(  # an unsigned row lets numba drop negative-index handling: 6x faster here
-                table,
-                exp_avg,
-                exp_avg_sq,
-                np.uint64(rows[r]),
-                froms[r] + 1,
-                upto,
-                sizes,
-                bc2s,
-                offset,
-                beta1,
-                beta2,
-                eps,
-                wd,
-                root,
-            )
+            # an unsigned row lets numba drop negative-index handling: 6x faster here
+            _replay_row(arrays, constants, np.uint64(rows[r]), froms[r] + 1, upto, root)
     return 0
 
 
 def _adam_flush(table, exp_avg, exp_avg_sq, synced, upto, sizes, bc2s, offset, beta1, beta2, eps, wd):
     """Bring every row of a deferred dense Adam up to step ``upto``; parallel over rows."""
     n_rows = table.shape[0]
+    arrays, constants = (table, exp_avg, exp_avg_sq), (sizes, bc2s, offset, beta1, beta2, eps, wd)
     n_blocks = (n_rows + _REPLAY_BLOCK - 1) // _REPLAY_BLOCK
     for block in numba.prange(n_blocks):
         root = np.empty(table.shape[1], dtype=np.float32)
         for row in range(block * _REPLAY_BLOCK, min(n_rows, (block + 1) * _REPLAY_BLOCK)):
             if synced[row] < upto:
-                _replay_row(
-                    table,
-                    exp_avg,
-                    exp_avg_sq,
-                    np.uint64(row),
-                    synced[row] + 1,
-                    upto,
-                    sizes,
-                    bc2s,
-                    offset,
-                    beta1,
-                    beta2,
-                    eps,
-                    wd,
-                    root,
-                )
+                _replay_row(arrays, constants, np.uint64(row), synced[row] + 1, upto, root)
                 synced[row] = upto
 
 
@@ -919,7 +893,6 @@ class AdamBPRKernel:
             )
         ):
             owed = deferred[index] if deferred is not None else None
-            whole_table = dense
             if owed is not None and (owed.read_whole or n_rows * owed.FLUSH_FRACTION >= len(table)):
                 # the batch touched many rows (Softmax-v's weighted candidates), or the sampler read many
                 # (DNS's candidates; it will again next step): one dense pass in row order is cheaper than
@@ -928,54 +901,17 @@ class AdamBPRKernel:
                 assert owed.hyper is not None
                 owed.start(step, owed.hyper)  # every row is at this step after the pass below
                 owed = None
+            arrays = (table, grad, s.exp_avg, s.exp_avg_sq, seen)
+            scalars = (s.step_size, s.beta1, s.beta2, s.sqrt_bc2, s.eps)
             if owed is not None:
                 compiled("adam_touched_rows")(
-                    table,
-                    grad,
-                    s.exp_avg,
-                    s.exp_avg_sq,
-                    seen,
-                    rows,
-                    n_rows,
-                    s.step_size,
-                    s.beta1,
-                    s.beta2,
-                    s.sqrt_bc2,
-                    s.eps,
-                    s.weight_decay,
-                    owed.synced,
-                    step,
+                    *arrays, rows, n_rows, *scalars, s.weight_decay, owed.synced, step
                 )
                 owed.record(step, s.step_size, s.sqrt_bc2)
-            elif whole_table:
-                compiled("dense_adam_table")(
-                    table,
-                    grad,
-                    s.exp_avg,
-                    s.exp_avg_sq,
-                    seen,
-                    s.step_size,
-                    s.beta1,
-                    s.beta2,
-                    s.sqrt_bc2,
-                    s.eps,
-                    s.weight_decay,
-                )
+            elif dense:
+                compiled("dense_adam_table")(*arrays, *scalars, s.weight_decay)
             else:
-                compiled("lazy_adam_rows")(
-                    table,
-                    grad,
-                    s.exp_avg,
-                    s.exp_avg_sq,
-                    seen,
-                    rows,
-                    n_rows,
-                    s.step_size,
-                    s.beta1,
-                    s.beta2,
-                    s.sqrt_bc2,
-                    s.eps,
-                )
+                compiled("lazy_adam_rows")(*arrays, rows, n_rows, *scalars)
         return float(loss)
 
 
