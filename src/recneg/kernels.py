@@ -376,16 +376,22 @@ def _adam_catch_up(table, exp_avg, exp_avg_sq, synced, ids, upto, sizes, bc2s, o
     for x in range(n_ids):
         if ids[x] < 0 or ids[x] >= n_rows:
             return 1
-    rows = np.empty(n_ids, dtype=np.int64)
-    froms = np.empty(n_ids, dtype=np.int64)
+    behind = np.zeros(n_rows, dtype=np.uint8)
     count = 0
     for x in range(n_ids):
         row = ids[x]
-        if synced[row] < upto:
-            rows[count] = row
-            froms[count] = synced[row]
-            synced[row] = upto
+        if synced[row] < upto and behind[row] == 0:
+            behind[row] = 1
             count += 1
+    rows = np.empty(count, dtype=np.int64)
+    froms = np.empty(count, dtype=np.int64)
+    listed = 0
+    for row in range(n_rows):  # listed in row order: from memory, neighbouring rows come cheaper (-20-30 %)
+        if behind[row]:
+            rows[listed] = row
+            froms[listed] = synced[row]
+            synced[row] = upto
+            listed += 1
     arrays, constants = (table, exp_avg, exp_avg_sq), (sizes, bc2s, offset, beta1, beta2, eps, wd)
     n_blocks = (count + _REPLAY_BLOCK - 1) // _REPLAY_BLOCK
     for block in numba.prange(n_blocks):
