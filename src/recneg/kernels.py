@@ -77,8 +77,10 @@ def compiled(name: str) -> Any:
         fast = {"reassoc", "contract"}
         block = numba.njit(cache=True, nogil=True, fastmath=fast)(_online_sgd_block)
         globals()["_online_sgd_block"] = block  # what the compiled _online_sgd_bpr calls
-        # inlined into the two kernels that call it: as a separate function its loops stay scalar (5x slower)
-        globals()["_replay_row"] = numba.njit(cache=True, nogil=True, inline="always")(_replay_row)
+        # inlined into the kernels that call them: as separate functions their loops stay scalar (5x slower)
+        inline = numba.njit(cache=True, nogil=True, inline="always")
+        for helper in ("_adam_constants", "_adam_element", "_replay_row"):  # called by the kernels below
+            globals()[helper] = inline(globals()[helper])
         _COMPILED.update(
             # its 64-term dot products vectorise when they may reassociate (as online SGD's)
             accumulate_bpr_gradients=numba.njit(cache=True, nogil=True, parallel=True, fastmath=fast)(
@@ -256,6 +258,33 @@ def _accumulate_bpr_gradients(
     return row_loss.sum(), n_user_rows, n_item_rows
 
 
+def _adam_constants(step_size, beta1, beta2, sqrt_bc2, eps):
+    """One step's scalars in float32, as torch applies them: ``(β1, β2, 1 − β1, 1 − β2, lr / (1 − β1^t),
+    sqrt(1 − β2^t), ε)``, for :func:`_adam_element`."""
+    return (
+        np.float32(beta1),
+        np.float32(beta2),
+        np.float32(1.0 - beta1),
+        np.float32(1.0 - beta2),
+        np.float32(step_size),
+        np.float32(sqrt_bc2),
+        np.float32(eps),
+    )
+
+
+def _adam_element(table, exp_avg, exp_avg_sq, row, k, p, g, constants):
+    """Adam's update of parameter ``table[row, k]`` (value ``p``, gradient ``g``) and its moments:
+    ``m ← β1 m + (1 − β1) g``, ``v ← β2 v + (1 − β2) g²``,
+    ``P ← P − step_size · m / (sqrt(v) / sqrt_bc2 + ε)``, in float32 and torch's order of operations.
+    Inlined into every Adam kernel (numba vectorises it there)."""
+    b1, b2, c1, c2, size, bc2, eps32 = constants
+    m = b1 * exp_avg[row, k] + c1 * g
+    v = b2 * exp_avg_sq[row, k] + c2 * g * g
+    exp_avg[row, k] = m
+    exp_avg_sq[row, k] = v
+    table[row, k] = p - size * m / (np.sqrt(v) / bc2 + eps32)
+
+
 def _lazy_adam_rows(
     table, grad, exp_avg, exp_avg_sq, seen, rows, n_rows, step_size, beta1, beta2, sqrt_bc2, eps
 ):
@@ -266,18 +295,11 @@ def _lazy_adam_rows(
     ``sqrt_bc2 = sqrt(1 − β2^t)``; in float32, as torch does. The rows are distinct: parallel over rows.
     """
     dim = table.shape[1]
-    b1, b2 = np.float32(beta1), np.float32(beta2)
-    c1, c2 = np.float32(1.0 - beta1), np.float32(1.0 - beta2)
-    size, bc2, eps32 = np.float32(step_size), np.float32(sqrt_bc2), np.float32(eps)
+    constants = _adam_constants(step_size, beta1, beta2, sqrt_bc2, eps)
     for r in numba.prange(n_rows):
-        row = rows[r]
+        row = np.uint64(rows[r])  # rows from the gradient kernel's list: in range
         for k in range(dim):
-            g = grad[row, k]
-            m = b1 * exp_avg[row, k] + c1 * g
-            v = b2 * exp_avg_sq[row, k] + c2 * g * g
-            exp_avg[row, k] = m
-            exp_avg_sq[row, k] = v
-            table[row, k] -= size * m / (np.sqrt(v) / bc2 + eps32)
+            _adam_element(table, exp_avg, exp_avg_sq, row, k, table[row, k], grad[row, k], constants)
             grad[row, k] = 0.0
         seen[row] = 0
 
@@ -293,9 +315,7 @@ def _dense_adam_table(
     Shapes: ``table, grad, exp_avg, exp_avg_sq [n, d]``; ``seen [n]`` uint8 (reset to 0). Parallel over rows.
     """
     n_rows, dim = table.shape
-    b1, b2 = np.float32(beta1), np.float32(beta2)
-    c1, c2 = np.float32(1.0 - beta1), np.float32(1.0 - beta2)
-    size, bc2, eps32 = np.float32(step_size), np.float32(sqrt_bc2), np.float32(eps)
+    constants = _adam_constants(step_size, beta1, beta2, sqrt_bc2, eps)
     wd = np.float32(weight_decay)
     for row in numba.prange(n_rows):
         touched = seen[row] != 0
@@ -305,11 +325,7 @@ def _dense_adam_table(
             if touched:
                 g += grad[row, k]
                 grad[row, k] = 0.0
-            m = b1 * exp_avg[row, k] + c1 * g
-            v = b2 * exp_avg_sq[row, k] + c2 * g * g
-            exp_avg[row, k] = m
-            exp_avg_sq[row, k] = v
-            table[row, k] = p - size * m / (np.sqrt(v) / bc2 + eps32)
+            _adam_element(table, exp_avg, exp_avg_sq, row, k, p, g, constants)
         if touched:
             seen[row] = 0
 
@@ -353,15 +369,10 @@ def _replay_row(arrays, constants, row, first, last, root):
                 table[row, k] = table[row, k] - scaled_size * m / (root[k] + scaled_eps)
         return
     for s in range(first, last + 1):
-        size, bc2 = sizes[s - offset], bc2s[s - offset]
+        step_constants = (b1, b2, c1, c2, sizes[s - offset], bc2s[s - offset], eps32)
         for k in range(dim):
             p = table[row, k]
-            g = decay * p
-            m = b1 * exp_avg[row, k] + c1 * g
-            v = b2 * exp_avg_sq[row, k] + c2 * g * g
-            exp_avg[row, k] = m
-            exp_avg_sq[row, k] = v
-            table[row, k] = p - size * m / (np.sqrt(v) / bc2 + eps32)
+            _adam_element(table, exp_avg, exp_avg_sq, row, k, p, decay * p, step_constants)
 
 
 def _adam_catch_up(table, exp_avg, exp_avg_sq, synced, ids, upto, sizes, bc2s, offset, beta1, beta2, eps, wd):
@@ -438,9 +449,7 @@ def _adam_touched_rows(
     and flags are zeroed and ``synced[row] = step``. The other rows' step is left to :func:`_replay_row`.
     """
     dim = table.shape[1]
-    b1, b2 = np.float32(beta1), np.float32(beta2)
-    c1, c2 = np.float32(1.0 - beta1), np.float32(1.0 - beta2)
-    size, bc2, eps32 = np.float32(step_size), np.float32(sqrt_bc2), np.float32(eps)
+    constants = _adam_constants(step_size, beta1, beta2, sqrt_bc2, eps)
     decay = np.float32(wd)
     for r in numba.prange(n_rows):
         row = np.uint64(rows[r])  # rows from the gradient kernel's list: in range
@@ -449,11 +458,7 @@ def _adam_touched_rows(
             g = decay * p
             g += grad[row, k]
             grad[row, k] = 0.0
-            m = b1 * exp_avg[row, k] + c1 * g
-            v = b2 * exp_avg_sq[row, k] + c2 * g * g
-            exp_avg[row, k] = m
-            exp_avg_sq[row, k] = v
-            table[row, k] = p - size * m / (np.sqrt(v) / bc2 + eps32)
+            _adam_element(table, exp_avg, exp_avg_sq, row, k, p, g, constants)
         seen[row] = 0
         synced[row] = step
 
