@@ -313,6 +313,93 @@ def test_replayed_steps_equal_adam_written_out_by_hand(route):
         deferred.catch_up(table, m, v, np.array([16], dtype=np.int64))
 
 
+@pytest.mark.parametrize("route", ["row by row", "whole table"])
+def test_long_gaps_are_summed_in_closed_form_where_the_series_converges(route):
+    """Rows 300 steps behind (lr changing every step) against Adam written out in float64, step by step.
+
+    Row 0's parameters have ``u = ε / sqrt(v)`` from 1e-6 to 0.08 (the series' later terms matter): summed
+    in closed form (one update each). Row 1 has
+    parameters with ``v`` so small that the series in ``ε / sqrt(v)`` would converge too slowly (and
+    one with ``m = 0``, ``v > 0``, which must not move): those are replayed one step at a time. Row 2 has
+    moments of zero and stays. Rows that started at different steps (3 at step 100, 4 at 299) read the
+    sums of their own starting step."""
+    pytest.importorskip("numba")
+    from recneg.kernels import DeferredAdam
+
+    beta1, beta2, eps, start, n_steps = 0.9, 0.999, 1e-8, 20, 300
+    rng = np.random.default_rng(3)
+    table = rng.standard_normal((8, 6)).astype(np.float32)
+    m = (rng.standard_normal((8, 6)) * 1e-3).astype(np.float32)
+    v = (rng.random((8, 6)) * 1e-4 + 1e-4).astype(np.float32)
+    v[0] = [1e-4, 1e-8, 1e-11, 1e-13, 4e-14, 1.5e-14]  # u = 1e-6 ... 0.082 (0.095 after 300 steps)
+    m[0] = 0.3 * np.sqrt(v[0]) * np.sign(m[0])
+    v[1, :3] = [1e-16, 4e-15, 1e-14]  # u = 1, 0.16, 0.1
+    m[1, 3], m[2], v[2] = 0.0, 0.0, 0.0
+    lrs = 1e-2 * (1.0 + 0.5 * np.sin(np.arange(n_steps)))
+    deferred = DeferredAdam(8)
+    deferred.FLUSH_FRACTION = 8 if route == "whole table" else 1  # 5 of 8 rows read: whole table or not
+    deferred.start(start, (beta1, beta2, eps, 0.0))
+    expect = [[x[r].astype(np.float64) for x in (table, m, v)] for r in range(8)]
+    joined = {3: 100, 4: 299}  # row -> the step a batch last brought it to (its values as they are now)
+    for i, lr in enumerate(lrs):
+        t = start + 1 + i
+        deferred.record(t, lr / (1 - beta1**t), math.sqrt(1 - beta2**t))
+        for row in range(8):
+            if t <= joined.get(row, start):
+                continue
+            p_, m_, v_ = expect[row]
+            m_, v_ = beta1 * m_, beta2 * v_
+            p_ = p_ - lr / (1 - beta1**t) * m_ / (np.sqrt(v_ / (1 - beta2**t)) + eps)
+            expect[row] = [p_, m_, v_]
+    for row, at in joined.items():
+        deferred.synced[row] = at
+    before = table.astype(np.float64)
+    deferred.catch_up(table, m, v, np.array([0, 1, 2, 3, 4], dtype=np.int64))
+    for row in range(5):
+        moved, want_moved = table[row] - before[row], expect[row][0] - before[row]
+        np.testing.assert_allclose(moved, want_moved, rtol=1e-5, atol=1e-7)
+        for got, want in zip((m[row], v[row]), expect[row][1:], strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert (table[0] != table[0].round(0)).all()  # the rows did move
+    assert table[1, 3] == np.float32(expect[1][0][3]) and m[1, 3] == 0.0  # m = 0: not moved
+    assert table[2].tolist() == expect[2][0].astype(np.float32).tolist() and not m[2].any()
+    # only row 1 (three tiny-v parameters) was replayed step by step
+    assert deferred.rows_one_by_one == 1
+    assert deferred.rows_caught_up == (8 if route == "whole table" else 5)
+
+
+def test_the_series_sums_equal_their_definition():
+    """``DeferredAdam.series[n, s − offset + 1]`` is ``S_n(s) = Σ_{τ=s+1}^{t} a_τ b_τ^(n+1) ρ_n^(τ−s)`` with
+    ``ρ_n = β1 / sqrt(β2)^(n+1)``, summed here term by term, for every term ``n`` and starting step ``s``;
+    after the table grows (more than 64 steps) and after a flush (the sums start again)."""
+    pytest.importorskip("numba")
+    from recneg.kernels import SERIES_TERMS, DeferredAdam
+
+    beta1, beta2, start = 0.8, 0.99, 5
+    deferred = DeferredAdam(3)
+    deferred.start(start, (beta1, beta2, 1e-8, 0.0))
+    rng = np.random.default_rng(0)
+    a, b = rng.random(90) * 1e-2, rng.random(90)
+    for i in range(90):
+        deferred.record(start + 1 + i, a[i], b[i])
+    t = start + 90
+    for s in (start, start + 1, start + 40, t - 1, t):
+        for n in range(SERIES_TERMS):
+            rho = beta1 / math.sqrt(beta2) ** (n + 1)
+            want = sum(
+                a[tau - start - 1] * b[tau - start - 1] ** (n + 1) * rho ** (tau - s)
+                for tau in range(s + 1, t + 1)
+            )
+            assert deferred.series[n, s - deferred.offset + 1] == pytest.approx(want, rel=1e-12, abs=1e-300)
+    table = np.zeros((3, 2), dtype=np.float32)
+    deferred.flush(table, table.copy(), table.copy())
+    deferred.record(t + 1, 0.5, 0.25)
+    assert deferred.series[:, 0] == pytest.approx(
+        [0.5 * 0.25 ** (n + 1) * beta1 / math.sqrt(beta2) ** (n + 1) for n in range(SERIES_TERMS)]
+    )
+    assert not deferred.series[:, 1].any()
+
+
 def test_stepping_adam_elsewhere_while_rows_are_behind_is_refused(small_split, monkeypatch):
     pytest.importorskip("numba")
     from recneg.kernels import DeferredAdam

@@ -79,7 +79,8 @@ def compiled(name: str) -> Any:
         globals()["_online_sgd_block"] = block  # what the compiled _online_sgd_bpr calls
         # inlined into the kernels that call them: as separate functions their loops stay scalar (5x slower)
         inline = numba.njit(cache=True, nogil=True, inline="always")
-        for helper in ("_adam_constants", "_adam_element", "_replay_row"):  # called by the kernels below
+        helpers = ("_adam_constants", "_adam_element", "_replay_row_in_closed_form", "_replay_row")
+        for helper in helpers:  # called by the kernels below
             globals()[helper] = inline(globals()[helper])
         _COMPILED.update(
             # its 64-term dot products vectorise when they may reassociate (as online SGD's)
@@ -333,60 +334,116 @@ def _dense_adam_table(
 #: rows per parallel block of the replay kernels (each block allocates its scratch once)
 _REPLAY_BLOCK = 64
 
+#: terms of the series in ``u = ε / sqrt(v)`` that sums a row's zero-gradient steps in closed form
+SERIES_TERMS = 8
+#: the closed form is taken when ``u ≤ SERIES_LIMIT`` at every step it sums: the first term left out is
+#: then at most ``SERIES_LIMIT ** SERIES_TERMS`` = 1e-8 of the sum, below float32's rounding (6e-8)
+SERIES_LIMIT = 0.1
 
-def _replay_row(arrays, constants, row, first, last, root):
-    """Dense Adam's steps ``first … last`` with no batch gradient on ``row`` (in place, in float32).
 
-    ``arrays = (table, exp_avg, exp_avg_sq)``, ``constants = (sizes, bc2s, offset, beta1, beta2, eps, wd)``.
-    Step ``s`` uses ``sizes[s − offset]`` (``lr / (1 − β1^s)`` at that step) and ``bc2s[s − offset]``
-    (``sqrt(1 − β2^s)``). With ``weight_decay > 0`` the gradient is ``wd · P`` and each step is the dense
-    update as written in :func:`_dense_adam_table`. With ``wd = 0`` the gradient is 0, so ``m`` and ``v``
-    only decay (``m ← β1 m``, ``v ← β2 v``), ``sqrt(v)`` is carried as ``sqrt(v_first−1) · sqrt(β2)^j``
-    instead of taken each step, and the bias correction is folded into the step's two scalars: the same
-    update to float rounding with one division per parameter and step instead of two and a square root.
-    ``root [d]`` is scratch (allocated once per block of rows by the callers: an allocation per row cost
-    as much as a step).
+def _replay_row_in_closed_form(arrays, constants, row, first, last, pending):
+    """Dense Adam's zero-gradient steps ``first … last`` on ``row``, each parameter moved once, with
+    ``weight_decay = 0``; a parameter for which the series below converges too slowly is replayed step by
+    step instead. Returns 1 when some parameter was, else 0.
+
+    With gradient 0 the moments only decay: after ``j`` steps ``m = β1^j m₀`` and
+    ``sqrt(v) = q^j σ`` (``q = sqrt(β2)``, ``σ = sqrt(v₀)``). Step ``τ = first − 1 + j`` moves the parameter
+    by ``a_τ b_τ β1^j m₀ / (q^j σ + ε b_τ)`` (``a_τ = lr / (1 − β1^τ)``, ``b_τ = sqrt(1 − β2^τ)``), and with
+    ``u = ε / σ`` that is ``(m₀ / σ) Σ_n (−u)^n a_τ b_τ^(n+1) ρ_n^j``, ``ρ_n = β1 / q^(n+1)``. Summed over the
+    steps, the parameter moves by ``(m₀ / σ) Σ_n (−u)^n S_n`` where ``S_n = series[n, first − offset]``
+    (:class:`DeferredAdam` keeps these sums per starting step). The series converges when
+    ``ε b_τ / (q^j σ) < 1``; it is used for a parameter when that is ≤ :data:`SERIES_LIMIT` at every step
+    (parameters with ``m₀ = 0`` do not move). Then ``m ← β1^k m₀``, ``v ← β2^k v₀``: the result of the
+    ``k`` steps to float rounding, in O(d) instead of O(k d). ``pending [d]`` is float32 scratch.
     """
     table, exp_avg, exp_avg_sq = arrays
-    sizes, bc2s, offset, beta1, beta2, eps, wd = constants
+    sizes, bc2s, offset, beta1, beta2, eps, series = constants
+    dim = table.shape[1]
+    n_steps = last - first + 1
+    sqrt_b2 = math.sqrt(beta2)
+    # ε b_τ / (q^j σ) ≤ LIMIT at every step (b_τ ≤ 1, q^j ≥ q^k)  ⇐  v₀ ≥ (ε / (LIMIT q^k))²
+    v_limit = np.float32((eps / (SERIES_LIMIT * sqrt_b2**n_steps)) ** 2)
+    col = first - offset
+    s0, s1, s2, s3 = series[0, col], series[1, col], series[2, col], series[3, col]
+    s4, s5, s6, s7 = series[4, col], series[5, col], series[6, col], series[7, col]
+    s0, s1, s2, s3 = np.float32(s0), np.float32(s1), np.float32(s2), np.float32(s3)
+    s4, s5, s6, s7 = np.float32(s4), np.float32(s5), np.float32(s6), np.float32(s7)
+    decay1, decay2 = np.float32(beta1**n_steps), np.float32(beta2**n_steps)
+    eps32 = np.float32(eps)
+    n_pending = 0
+    for k in range(dim):
+        m, v = exp_avg[row, k], exp_avg_sq[row, k]
+        moves = m != 0.0
+        if moves and v >= v_limit:
+            inv_root = np.float32(1.0) / np.sqrt(v)
+            u = eps32 * inv_root
+            total = s0 - u * (s1 - u * (s2 - u * (s3 - u * (s4 - u * (s5 - u * (s6 - u * s7))))))
+            table[row, k] = table[row, k] - m * inv_root * total
+        if moves and v < v_limit:
+            pending[k] = 1.0
+            n_pending += 1
+        else:
+            pending[k] = 0.0
+            exp_avg[row, k] = m * decay1
+            exp_avg_sq[row, k] = v * decay2
+    if n_pending == 0:
+        return 0
+    b1, b2, sqrt_b2_32 = np.float32(beta1), np.float32(beta2), np.float32(sqrt_b2)
+    for k in range(dim):
+        if pending[k] != 0.0:
+            root = np.sqrt(exp_avg_sq[row, k])
+            for s in range(first, last + 1):
+                size, bc2 = sizes[s - offset], bc2s[s - offset]
+                m = b1 * exp_avg[row, k]
+                exp_avg[row, k] = m
+                exp_avg_sq[row, k] = b2 * exp_avg_sq[row, k]
+                root = root * sqrt_b2_32
+                table[row, k] = table[row, k] - size * bc2 * m / (root + eps32 * bc2)
+    return 1
+
+
+def _replay_row(arrays, constants, row, first, last, scratch):
+    """Dense Adam's steps ``first … last`` with no batch gradient on ``row`` (in place, in float32).
+
+    ``arrays = (table, exp_avg, exp_avg_sq)``,
+    ``constants = (sizes, bc2s, offset, beta1, beta2, eps, wd, series)``. Step ``s`` uses
+    ``sizes[s − offset]`` (``lr / (1 − β1^s)`` at that step) and ``bc2s[s − offset]`` (``sqrt(1 − β2^s)``).
+    With ``wd = 0`` the gradient is 0 and the steps are summed in closed form
+    (:func:`_replay_row_in_closed_form`, ``series`` from :class:`DeferredAdam`). With ``weight_decay > 0``
+    the gradient is ``wd · P`` and each step is the dense update as written in :func:`_dense_adam_table`.
+    ``scratch [d]`` float32 is allocated once per block of rows by the callers (an allocation per row cost
+    as much as a step). Returns 1 when some parameter's steps were taken one by one, else 0.
+    """
+    table, exp_avg, exp_avg_sq = arrays
+    sizes, bc2s, offset, beta1, beta2, eps, wd, series = constants
+    if wd == 0.0:
+        closed_constants = (sizes, bc2s, offset, beta1, beta2, eps, series)
+        return _replay_row_in_closed_form(arrays, closed_constants, row, first, last, scratch)
     dim = table.shape[1]
     b1, b2 = np.float32(beta1), np.float32(beta2)
     c1, c2 = np.float32(1.0 - beta1), np.float32(1.0 - beta2)
     eps32, decay = np.float32(eps), np.float32(wd)
-    if wd == 0.0:
-        sqrt_b2 = np.float32(math.sqrt(beta2))
-        for k in range(dim):
-            root[k] = np.sqrt(exp_avg_sq[row, k])
-        for s in range(first, last + 1):
-            # size · m / (root / bc2 + ε) as (size · bc2) · m / (root + ε · bc2): one division, not two
-            size, bc2 = sizes[s - offset], bc2s[s - offset]
-            scaled_size, scaled_eps = size * bc2, eps32 * bc2
-            for k in range(dim):
-                m = b1 * exp_avg[row, k]
-                exp_avg[row, k] = m
-                exp_avg_sq[row, k] = b2 * exp_avg_sq[row, k]
-                root[k] = root[k] * sqrt_b2
-                table[row, k] = table[row, k] - scaled_size * m / (root[k] + scaled_eps)
-        return
     for s in range(first, last + 1):
         step_constants = (b1, b2, c1, c2, sizes[s - offset], bc2s[s - offset], eps32)
         for k in range(dim):
             p = table[row, k]
             _adam_element(table, exp_avg, exp_avg_sq, row, k, p, decay * p, step_constants)
+    return 1
 
 
-def _adam_catch_up(table, exp_avg, exp_avg_sq, synced, ids, upto, sizes, bc2s, offset, beta1, beta2, eps, wd):
+def _adam_catch_up(table, exp_avg, exp_avg_sq, synced, ids, upto, constants):
     """Bring the rows ``ids`` (any order, repeats allowed) of a deferred dense Adam up to step ``upto``.
 
     ``synced [n]`` int64 holds the step each row is at; rows behind get the steps they missed
-    (:func:`_replay_row`), in parallel over the distinct rows. Returns 1 when an id lies outside ``[0, n)``
-    (nothing is changed then), else 0.
+    (:func:`_replay_row`, ``constants`` as it takes them), in parallel over the distinct rows. Returns
+    ``(rows brought up to date, those whose steps were taken one by one)``, or ``(-1, 0)`` when an id lies
+    outside ``[0, n)`` (nothing is changed then).
     """
     n_rows = table.shape[0]
     n_ids = ids.shape[0]
     for x in range(n_ids):
         if ids[x] < 0 or ids[x] >= n_rows:
-            return 1
+            return -1, 0
     behind = np.zeros(n_rows, dtype=np.uint8)
     count = 0
     for x in range(n_ids):
@@ -403,27 +460,33 @@ def _adam_catch_up(table, exp_avg, exp_avg_sq, synced, ids, upto, sizes, bc2s, o
             froms[listed] = synced[row]
             synced[row] = upto
             listed += 1
-    arrays, constants = (table, exp_avg, exp_avg_sq), (sizes, bc2s, offset, beta1, beta2, eps, wd)
+    arrays = (table, exp_avg, exp_avg_sq)
     n_blocks = (count + _REPLAY_BLOCK - 1) // _REPLAY_BLOCK
+    one_by_one = 0
     for block in numba.prange(n_blocks):
         root = np.empty(table.shape[1], dtype=np.float32)
         for r in range(block * _REPLAY_BLOCK, min(count, (block + 1) * _REPLAY_BLOCK)):
             # an unsigned row lets numba drop negative-index handling: 6x faster here
-            _replay_row(arrays, constants, np.uint64(rows[r]), froms[r] + 1, upto, root)
-    return 0
+            one_by_one += _replay_row(arrays, constants, np.uint64(rows[r]), froms[r] + 1, upto, root)
+    return count, one_by_one
 
 
-def _adam_flush(table, exp_avg, exp_avg_sq, synced, upto, sizes, bc2s, offset, beta1, beta2, eps, wd):
-    """Bring every row of a deferred dense Adam up to step ``upto``; parallel over rows."""
+def _adam_flush(table, exp_avg, exp_avg_sq, synced, upto, constants):
+    """Bring every row of a deferred dense Adam up to step ``upto``; parallel over rows. Returns
+    ``(rows brought up to date, those whose steps were taken one by one)``."""
     n_rows = table.shape[0]
-    arrays, constants = (table, exp_avg, exp_avg_sq), (sizes, bc2s, offset, beta1, beta2, eps, wd)
+    arrays = (table, exp_avg, exp_avg_sq)
     n_blocks = (n_rows + _REPLAY_BLOCK - 1) // _REPLAY_BLOCK
+    count = 0
+    one_by_one = 0
     for block in numba.prange(n_blocks):
         root = np.empty(table.shape[1], dtype=np.float32)
         for row in range(block * _REPLAY_BLOCK, min(n_rows, (block + 1) * _REPLAY_BLOCK)):
             if synced[row] < upto:
-                _replay_row(arrays, constants, np.uint64(row), synced[row] + 1, upto, root)
+                one_by_one += _replay_row(arrays, constants, np.uint64(row), synced[row] + 1, upto, root)
                 synced[row] = upto
+                count += 1
+    return count, one_by_one
 
 
 def _adam_touched_rows(
@@ -694,8 +757,11 @@ class DeferredAdam:
     (:meth:`flush`): the same values, to float rounding, without a pass over the whole table and both
     moments every step (~108 MB on Gowalla). It holds the step each row is at (``synced [n]``) and the
     constants ``lr / (1 − β1^s)``, ``sqrt(1 − β2^s)`` of the steps recorded since every row was last
-    current. The steps are replayed one by one (:func:`_replay_row`); ``lr`` may change between steps
-    (a scheduler), ``betas``, ``eps`` and ``weight_decay`` may not while rows are behind (:meth:`start`).
+    current. With ``weight_decay = 0`` it also keeps, for every step ``s`` a row may be at, the sums
+    ``S_n(s) = Σ_{τ=s+1}^{step} a_τ b_τ^(n+1) ρ_n^(τ−s)`` (:attr:`series`) with which a row's missed steps are
+    applied at once (:func:`_replay_row_in_closed_form`); otherwise they are replayed one by one
+    (:func:`_replay_row`). ``lr`` may change between steps (a scheduler); ``betas``, ``eps`` and
+    ``weight_decay`` may not while rows are behind (:meth:`start`).
     """
 
     #: a read of at least 1/FLUSH_FRACTION of the rows brings the whole table up to date (in row order)
@@ -707,9 +773,16 @@ class DeferredAdam:
         self.offset = 0  # the constants of step s are at index s - offset
         self.sizes = np.empty(64, dtype=np.float32)
         self.bc2s = np.empty(64, dtype=np.float32)
+        #: ``series[n, s − offset + 1]`` = ``S_n(s)`` (float64 ``[SERIES_TERMS, capacity]``), see above
+        self.series: np.ndarray = np.zeros((SERIES_TERMS, 64))
+        self._powers: np.ndarray = np.ones((SERIES_TERMS, 65))  # ρ_n^j for j = 0 … capacity
         self.hyper: tuple[float, float, float, float] | None = None  # beta1, beta2, eps, weight_decay
         #: a read since the last :meth:`start` covered a large part of the table (see :meth:`catch_up`)
         self.read_whole = False
+        #: rows brought up to date so far, and those of them with some parameter replayed one step at a
+        #: time (all of them with weight decay; else those with a series too slow to converge)
+        self.rows_caught_up = 0
+        self.rows_one_by_one = 0
 
     @property
     def pending(self) -> bool:
@@ -719,17 +792,41 @@ class DeferredAdam:
     def start(self, step: int, hyper: tuple[float, float, float, float]) -> None:
         """Every row is current at ``step`` (the optimiser's step count), under ``hyper``; nothing pending."""
         self.synced.fill(step)
-        self.step, self.offset, self.hyper = step, step + 1, hyper
+        self.step, self.offset = step, step + 1
+        if hyper != self.hyper:
+            beta1, beta2 = hyper[0], hyper[1]
+            rho = beta1 / math.sqrt(beta2) ** np.arange(1, SERIES_TERMS + 1)  # ρ_n = β1 / q^(n+1)
+            self._powers = rho[:, None] ** np.arange(self._powers.shape[1])
+        self.hyper = hyper
+        self.series[:, 0] = 0.0
         self.read_whole = False
 
     def record(self, step: int, step_size: float, sqrt_bc2: float) -> None:
         """Step ``step`` (= :attr:`step` + 1) was taken on the touched rows; the others owe it."""
         i = step - self.offset
-        if i >= len(self.sizes):
-            self.sizes = np.concatenate([self.sizes, np.empty_like(self.sizes)])
-            self.bc2s = np.concatenate([self.bc2s, np.empty_like(self.bc2s)])
+        if i + 1 >= len(self.sizes):
+            self._grow()
         self.sizes[i], self.bc2s[i] = step_size, sqrt_bc2
         self.step = step
+        assert self.hyper is not None
+        if self.hyper[3] == 0.0:
+            # S_n(s) += a_t b_t^(n+1) ρ_n^(t−s) for every step s = offset − 1 … t − 1 a row may be at
+            n_starts = i + 1
+            terms = step_size * sqrt_bc2 ** np.arange(1, SERIES_TERMS + 1)
+            self.series[:, :n_starts] += terms[:, None] * self._powers[:, n_starts:0:-1]
+            self.series[:, n_starts] = 0.0  # S_n(t): nothing owed yet
+
+    def _grow(self) -> None:
+        capacity = 2 * len(self.sizes)
+        self.sizes = np.concatenate([self.sizes, np.empty_like(self.sizes)])
+        self.bc2s = np.concatenate([self.bc2s, np.empty_like(self.bc2s)])
+        self.series = np.concatenate([self.series, np.zeros_like(self.series)], axis=1)
+        rho = self._powers[:, 1:2]
+        self._powers = rho ** np.arange(capacity + 1)
+
+    def _constants(self) -> tuple:
+        assert self.hyper is not None
+        return (self.sizes, self.bc2s, self.offset, *self.hyper, self.series)
 
     def note_read(self, n_ids: int) -> None:
         """A read of ``n_ids`` rows; one of a quarter of the table or more sets :attr:`read_whole` (the
@@ -750,39 +847,25 @@ class DeferredAdam:
                 raise IndexError(f"ids outside the table's rows [0, {table.shape[0]}) were read")
             self.flush(table, exp_avg, exp_avg_sq)
             return
-        assert self.hyper is not None
-        bad = compiled("adam_catch_up")(
-            table,
-            exp_avg,
-            exp_avg_sq,
-            self.synced,
-            ids.reshape(-1),
-            self.step,
-            self.sizes,
-            self.bc2s,
-            self.offset,
-            *self.hyper,
+        caught_up, one_by_one = compiled("adam_catch_up")(
+            table, exp_avg, exp_avg_sq, self.synced, ids.reshape(-1), self.step, self._constants()
         )
-        if bad:
+        if caught_up < 0:
             raise IndexError(f"ids outside the table's rows [0, {table.shape[0]}) were read")
+        self.rows_caught_up += caught_up
+        self.rows_one_by_one += one_by_one
 
     def flush(self, table: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray) -> None:
         """Bring every row up to :attr:`step`; afterwards nothing is pending."""
         if not self.pending:
             return
-        assert self.hyper is not None
-        compiled("adam_flush")(
-            table,
-            exp_avg,
-            exp_avg_sq,
-            self.synced,
-            self.step,
-            self.sizes,
-            self.bc2s,
-            self.offset,
-            *self.hyper,
+        caught_up, one_by_one = compiled("adam_flush")(
+            table, exp_avg, exp_avg_sq, self.synced, self.step, self._constants()
         )
+        self.rows_caught_up += caught_up
+        self.rows_one_by_one += one_by_one
         self.offset = self.step + 1
+        self.series[:, 0] = 0.0
 
 
 class AdamBPRKernel:
