@@ -146,6 +146,8 @@ def test_redrawn_pools_do_not_depend_on_the_compiled_kernels(small_split, monkey
     users = torch.as_tensor(small_split.train.users[:200])
     compiled = uniform_pool(index, users, 16, torch.Generator().manual_seed(5))
     assert not bool(index.contains(users.unsqueeze(1), compiled).any())
+    first_draw = torch.randint(index.n_items, (200, 16), generator=torch.Generator().manual_seed(5))
+    assert int(index.contains(users.unsqueeze(1), first_draw).sum()) > 20  # entries were redrawn
     monkeypatch.setattr(kernels, "AVAILABLE", False)
     monkeypatch.setattr(kernels, "_READY", {})
     assert index._contains_compiled(index._bitmap(), users.unsqueeze(1), compiled) is None

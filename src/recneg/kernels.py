@@ -92,6 +92,7 @@ def compiled(name: str) -> Any:
             adam_catch_up=jit(_adam_catch_up),
             adam_flush=jit(_adam_flush),
             adam_touched_rows=jit(_adam_touched_rows),
+            record_step=numba.njit(cache=True, nogil=True)(_record_step),
             score_rows=numba.njit(cache=True, nogil=True, parallel=True, fastmath=fast)(_score_rows),
             bitmap_contains=jit(_bitmap_contains),
             online_sgd_bpr=numba.njit(cache=True, nogil=True, parallel=True, fastmath=fast)(_online_sgd_bpr),
@@ -489,6 +490,24 @@ def _adam_flush(table, exp_avg, exp_avg_sq, synced, upto, constants):
     return count, one_by_one
 
 
+def _record_step(sizes, bc2s, series, powers, i, step_size, sqrt_bc2, with_series):
+    """Store step ``offset + i``'s constants ``a_t = step_size``, ``b_t = sqrt_bc2`` at index ``i``; with
+    ``with_series``, add its term to the sums of :class:`DeferredAdam`: ``S_n(s) += a_t b_t^(n+1) ρ_n^(t−s)``
+    for every step ``s = offset − 1 … t − 1`` a row may be at (columns ``0 … i``), and start ``S_n(t) = 0``
+    (column ``i + 1``). ``powers[n, j] = ρ_n^j``."""
+    sizes[i] = step_size
+    bc2s[i] = sqrt_bc2
+    if not with_series:
+        return
+    n_starts = i + 1
+    term = step_size
+    for n in range(series.shape[0]):
+        term *= sqrt_bc2
+        for col in range(n_starts):
+            series[n, col] += term * powers[n, n_starts - col]
+        series[n, n_starts] = 0.0
+
+
 def _adam_touched_rows(
     table,
     grad,
@@ -806,15 +825,11 @@ class DeferredAdam:
         i = step - self.offset
         if i + 1 >= len(self.sizes):
             self._grow()
-        self.sizes[i], self.bc2s[i] = step_size, sqrt_bc2
         self.step = step
         assert self.hyper is not None
-        if self.hyper[3] == 0.0:
-            # S_n(s) += a_t b_t^(n+1) ρ_n^(t−s) for every step s = offset − 1 … t − 1 a row may be at
-            n_starts = i + 1
-            terms = step_size * sqrt_bc2 ** np.arange(1, SERIES_TERMS + 1)
-            self.series[:, :n_starts] += terms[:, None] * self._powers[:, n_starts:0:-1]
-            self.series[:, n_starts] = 0.0  # S_n(t): nothing owed yet
+        compiled("record_step")(
+            self.sizes, self.bc2s, self.series, self._powers, i, step_size, sqrt_bc2, self.hyper[3] == 0.0
+        )
 
     def _grow(self) -> None:
         capacity = 2 * len(self.sizes)

@@ -291,12 +291,15 @@ class Trainer:
         """
         cfg = self.config
         steps = 0
+        # the epoch's pairs in shuffled order, gathered once: each batch is then a view (a gather per batch
+        # cost ~0.1 ms of a 2.5 ms step)
+        all_users, all_pos = self.train_users[perm], self.train_items[perm]
         for b in range(n_batches):
-            idx = self._rank_rows(perm[b * cfg.batch_size : (b + 1) * cfg.batch_size])
-            if idx.numel() == 0:  # a last batch smaller than the number of ranks: skipped by every rank
+            window = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
+            users, pos = self._rank_rows(all_users[window]), self._rank_rows(all_pos[window])
+            if users.numel() == 0:  # a last batch smaller than the number of ranks: skipped by every rank
                 continue
             steps += 1
-            users, pos = self.train_users[idx], self.train_items[idx]
             if self.fused is not None:
                 loss, view, neg, status = self.fused(users, pos, self.sample_gen)
             else:
@@ -327,7 +330,8 @@ class Trainer:
         return steps
 
     def _rank_rows(self, idx):
-        """This rank's block of one global batch ``idx [m]``: ``[m // world]`` rows (all of them alone).
+        """This rank's block of one global batch's ``idx [m]`` (ids, or positions): ``[m // world]`` rows
+        (all of them alone).
 
         Equal blocks on every rank keep the mean of the ranks' mean losses equal to the global batch's mean
         loss; a last batch that does not split evenly loses its ``m % world`` trailing rows.

@@ -252,6 +252,12 @@ class PositiveIndex:
         )
         return torch.from_numpy(found).view(items.shape)
 
+    def bitmap(self) -> torch.Tensor | None:
+        """The pairs as a packed bitmap (uint8 ``[ceil(n_users · n_items / 8)]``, bit ``q & 7`` of byte
+        ``q >> 3`` for ``q = u · n_items + i``; built on first use), or ``None`` when it would take more
+        than :attr:`bitmap_max_bytes`."""
+        return self._bitmap()
+
     def _bitmap(self) -> torch.Tensor | None:
         if self._bits is None:
             n_bytes = (self.n_users * self.n_items + 7) // 8
