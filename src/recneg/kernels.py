@@ -356,6 +356,9 @@ def _replay_row_in_closed_form(arrays, constants, row, first, last, pending):
     ``ε b_τ / (q^j σ) < 1``; it is used for a parameter when that is ≤ :data:`SERIES_LIMIT` at every step
     (parameters with ``m₀ = 0`` do not move). Then ``m ← β1^k m₀``, ``v ← β2^k v₀``: the result of the
     ``k`` steps to float rounding, in O(d) instead of O(k d). ``pending [d]`` is float32 scratch.
+    Returns -1, with nothing done, when more than an eighth of the row's parameters would need the step
+    by step replay (early in training, when ``v`` is still small): the caller then replays the whole row,
+    which vectorises.
     """
     table, exp_avg, exp_avg_sq = arrays
     sizes, bc2s, offset, beta1, beta2, eps, series = constants
@@ -371,6 +374,12 @@ def _replay_row_in_closed_form(arrays, constants, row, first, last, pending):
     s4, s5, s6, s7 = np.float32(s4), np.float32(s5), np.float32(s6), np.float32(s7)
     decay1, decay2 = np.float32(beta1**n_steps), np.float32(beta2**n_steps)
     eps32 = np.float32(eps)
+    n_slow = 0
+    for k in range(dim):
+        if exp_avg[row, k] != 0.0 and exp_avg_sq[row, k] < v_limit:
+            n_slow += 1
+    if n_slow * 8 > dim:  # early in training: the whole row step by step, vectorised, is cheaper
+        return -1
     n_pending = 0
     for k in range(dim):
         m, v = exp_avg[row, k], exp_avg_sq[row, k]
@@ -410,20 +419,39 @@ def _replay_row(arrays, constants, row, first, last, scratch):
     ``constants = (sizes, bc2s, offset, beta1, beta2, eps, wd, series)``. Step ``s`` uses
     ``sizes[s − offset]`` (``lr / (1 − β1^s)`` at that step) and ``bc2s[s − offset]`` (``sqrt(1 − β2^s)``).
     With ``wd = 0`` the gradient is 0 and the steps are summed in closed form
-    (:func:`_replay_row_in_closed_form`, ``series`` from :class:`DeferredAdam`). With ``weight_decay > 0``
+    (:func:`_replay_row_in_closed_form`, ``series`` from :class:`DeferredAdam`), or, where the series
+    converges too slowly for many of the row's parameters, replayed one by one. With ``weight_decay > 0``
     the gradient is ``wd · P`` and each step is the dense update as written in :func:`_dense_adam_table`.
     ``scratch [d]`` float32 is allocated once per block of rows by the callers (an allocation per row cost
     as much as a step). Returns 1 when some parameter's steps were taken one by one, else 0.
     """
     table, exp_avg, exp_avg_sq = arrays
     sizes, bc2s, offset, beta1, beta2, eps, wd, series = constants
-    if wd == 0.0:
-        closed_constants = (sizes, bc2s, offset, beta1, beta2, eps, series)
-        return _replay_row_in_closed_form(arrays, closed_constants, row, first, last, scratch)
     dim = table.shape[1]
     b1, b2 = np.float32(beta1), np.float32(beta2)
     c1, c2 = np.float32(1.0 - beta1), np.float32(1.0 - beta2)
     eps32, decay = np.float32(eps), np.float32(wd)
+    if wd == 0.0:
+        closed_constants = (sizes, bc2s, offset, beta1, beta2, eps, series)
+        done = _replay_row_in_closed_form(arrays, closed_constants, row, first, last, scratch)
+        if done >= 0:
+            return done
+        # one step at a time, ``m`` and ``v`` only decaying: ``sqrt(v)`` is carried as
+        # ``sqrt(v_first−1) · sqrt(β2)^j`` and the bias correction folded into the step's two scalars
+        sqrt_b2 = np.float32(math.sqrt(beta2))
+        for k in range(dim):
+            scratch[k] = np.sqrt(exp_avg_sq[row, k])
+        for s in range(first, last + 1):
+            # size · m / (root / bc2 + ε) as (size · bc2) · m / (root + ε · bc2): one division, not two
+            size, bc2 = sizes[s - offset], bc2s[s - offset]
+            scaled_size, scaled_eps = size * bc2, eps32 * bc2
+            for k in range(dim):
+                m = b1 * exp_avg[row, k]
+                exp_avg[row, k] = m
+                exp_avg_sq[row, k] = b2 * exp_avg_sq[row, k]
+                scratch[k] = scratch[k] * sqrt_b2
+                table[row, k] = table[row, k] - scaled_size * m / (scratch[k] + scaled_eps)
+        return 1
     for s in range(first, last + 1):
         step_constants = (b1, b2, c1, c2, sizes[s - offset], bc2s[s - offset], eps32)
         for k in range(dim):
