@@ -352,7 +352,8 @@ def _replay_row_in_closed_form(arrays, constants, row, first, last, pending):
     by ``a_τ b_τ β1^j m₀ / (q^j σ + ε b_τ)`` (``a_τ = lr / (1 − β1^τ)``, ``b_τ = sqrt(1 − β2^τ)``), and with
     ``u = ε / σ`` that is ``(m₀ / σ) Σ_n (−u)^n a_τ b_τ^(n+1) ρ_n^j``, ``ρ_n = β1 / q^(n+1)``. Summed over the
     steps, the parameter moves by ``(m₀ / σ) Σ_n (−u)^n S_n`` where ``S_n = series[n, first − offset]``
-    (:class:`DeferredAdam` keeps these sums per starting step). The series converges when
+    (:class:`DeferredAdam` keeps these sums per starting step, and ``decays[:, k] = (β1^k, β2^k,
+    (ε / (SERIES_LIMIT q^k))²)``). The series converges when
     ``ε b_τ / (q^j σ) < 1``; it is used for a parameter when that is ≤ :data:`SERIES_LIMIT` at every step
     (parameters with ``m₀ = 0`` do not move). Then ``m ← β1^k m₀``, ``v ← β2^k v₀``: the result of the
     ``k`` steps to float rounding, in O(d) instead of O(k d). ``pending [d]`` is float32 scratch.
@@ -361,18 +362,17 @@ def _replay_row_in_closed_form(arrays, constants, row, first, last, pending):
     which vectorises.
     """
     table, exp_avg, exp_avg_sq = arrays
-    sizes, bc2s, offset, beta1, beta2, eps, series = constants
+    sizes, bc2s, offset, beta1, beta2, eps, series, decays = constants
     dim = table.shape[1]
     n_steps = last - first + 1
-    sqrt_b2 = math.sqrt(beta2)
-    # ε b_τ / (q^j σ) ≤ LIMIT at every step (b_τ ≤ 1, q^j ≥ q^k)  ⇐  v₀ ≥ (ε / (LIMIT q^k))²
-    v_limit = np.float32((eps / (SERIES_LIMIT * sqrt_b2**n_steps)) ** 2)
+    # ε b_τ / (q^j σ) ≤ LIMIT at every step (b_τ ≤ 1, q^j ≥ q^k)  ⇐  v₀ ≥ (ε / (LIMIT q^k))² = v_limit
+    decay1, decay2 = np.float32(decays[0, n_steps]), np.float32(decays[1, n_steps])
+    v_limit = np.float32(decays[2, n_steps])
     col = first - offset
     s0, s1, s2, s3 = series[0, col], series[1, col], series[2, col], series[3, col]
     s4, s5, s6, s7 = series[4, col], series[5, col], series[6, col], series[7, col]
     s0, s1, s2, s3 = np.float32(s0), np.float32(s1), np.float32(s2), np.float32(s3)
     s4, s5, s6, s7 = np.float32(s4), np.float32(s5), np.float32(s6), np.float32(s7)
-    decay1, decay2 = np.float32(beta1**n_steps), np.float32(beta2**n_steps)
     eps32 = np.float32(eps)
     n_slow = 0
     for k in range(dim):
@@ -398,7 +398,7 @@ def _replay_row_in_closed_form(arrays, constants, row, first, last, pending):
             exp_avg_sq[row, k] = v * decay2
     if n_pending == 0:
         return 0
-    b1, b2, sqrt_b2_32 = np.float32(beta1), np.float32(beta2), np.float32(sqrt_b2)
+    b1, b2, sqrt_b2_32 = np.float32(beta1), np.float32(beta2), np.float32(math.sqrt(beta2))
     for k in range(dim):
         if pending[k] != 0.0:
             root = np.sqrt(exp_avg_sq[row, k])
@@ -416,7 +416,7 @@ def _replay_row(arrays, constants, row, first, last, scratch):
     """Dense Adam's steps ``first … last`` with no batch gradient on ``row`` (in place, in float32).
 
     ``arrays = (table, exp_avg, exp_avg_sq)``,
-    ``constants = (sizes, bc2s, offset, beta1, beta2, eps, wd, series)``. Step ``s`` uses
+    ``constants = (sizes, bc2s, offset, beta1, beta2, eps, wd, series, decays)``. Step ``s`` uses
     ``sizes[s − offset]`` (``lr / (1 − β1^s)`` at that step) and ``bc2s[s − offset]`` (``sqrt(1 − β2^s)``).
     With ``wd = 0`` the gradient is 0 and the steps are summed in closed form
     (:func:`_replay_row_in_closed_form`, ``series`` from :class:`DeferredAdam`), or, where the series
@@ -426,13 +426,13 @@ def _replay_row(arrays, constants, row, first, last, scratch):
     as much as a step). Returns 1 when some parameter's steps were taken one by one, else 0.
     """
     table, exp_avg, exp_avg_sq = arrays
-    sizes, bc2s, offset, beta1, beta2, eps, wd, series = constants
+    sizes, bc2s, offset, beta1, beta2, eps, wd, series, decays = constants
     dim = table.shape[1]
     b1, b2 = np.float32(beta1), np.float32(beta2)
     c1, c2 = np.float32(1.0 - beta1), np.float32(1.0 - beta2)
     eps32, decay = np.float32(eps), np.float32(wd)
     if wd == 0.0:
-        closed_constants = (sizes, bc2s, offset, beta1, beta2, eps, series)
+        closed_constants = (sizes, bc2s, offset, beta1, beta2, eps, series, decays)
         done = _replay_row_in_closed_form(arrays, closed_constants, row, first, last, scratch)
         if done >= 0:
             return done
@@ -823,6 +823,8 @@ class DeferredAdam:
         #: ``series[n, s − offset + 1]`` = ``S_n(s)`` (float64 ``[SERIES_TERMS, capacity]``), see above
         self.series: np.ndarray = np.zeros((SERIES_TERMS, 64))
         self._powers: np.ndarray = np.ones((SERIES_TERMS, 65))  # ρ_n^j for j = 0 … capacity
+        #: ``decays[:, k] = (β1^k, β2^k, (ε / (SERIES_LIMIT sqrt(β2)^k))²)`` for k = 0 … capacity
+        self._decays: np.ndarray = np.ones((3, 65))
         self.hyper: tuple[float, float, float, float] | None = None  # beta1, beta2, eps, weight_decay
         #: a read since the last :meth:`start` covered a large part of the table (see :meth:`catch_up`)
         self.read_whole = False
@@ -841,10 +843,8 @@ class DeferredAdam:
         self.synced.fill(step)
         self.step, self.offset = step, step + 1
         if hyper != self.hyper:
-            beta1, beta2 = hyper[0], hyper[1]
-            rho = beta1 / math.sqrt(beta2) ** np.arange(1, SERIES_TERMS + 1)  # ρ_n = β1 / q^(n+1)
-            self._powers = rho[:, None] ** np.arange(self._powers.shape[1])
-        self.hyper = hyper
+            self.hyper = hyper
+            self._tabulate(self._powers.shape[1])
         self.series[:, 0] = 0.0
         self.read_whole = False
 
@@ -864,12 +864,21 @@ class DeferredAdam:
         self.sizes = np.concatenate([self.sizes, np.empty_like(self.sizes)])
         self.bc2s = np.concatenate([self.bc2s, np.empty_like(self.bc2s)])
         self.series = np.concatenate([self.series, np.zeros_like(self.series)], axis=1)
-        rho = self._powers[:, 1:2]
-        self._powers = rho ** np.arange(capacity + 1)
+        self._tabulate(capacity + 1)
+
+    def _tabulate(self, n_columns: int) -> None:
+        """``_powers[n, j] = ρ_n^j`` (``ρ_n = β1 / sqrt(β2)^(n+1)``) and ``_decays[:, k]``, j, k < n_columns."""
+        assert self.hyper is not None
+        beta1, beta2, eps = self.hyper[0], self.hyper[1], self.hyper[2]
+        k = np.arange(n_columns)
+        rho = beta1 / math.sqrt(beta2) ** np.arange(1, SERIES_TERMS + 1)
+        self._powers = rho[:, None] ** k
+        limit = (eps / (SERIES_LIMIT * math.sqrt(beta2) ** k)) ** 2
+        self._decays = np.stack([beta1**k, beta2**k, limit])
 
     def _constants(self) -> tuple:
         assert self.hyper is not None
-        return (self.sizes, self.bc2s, self.offset, *self.hyper, self.series)
+        return (self.sizes, self.bc2s, self.offset, *self.hyper, self.series, self._decays)
 
     def note_read(self, n_ids: int) -> None:
         """A read of ``n_ids`` rows; one of a quarter of the table or more sets :attr:`read_whole` (the
