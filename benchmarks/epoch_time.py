@@ -66,6 +66,7 @@ class Runner:
         fused: bool = True,
         kernels: bool = True,
         defer: bool = True,
+        closed_form: bool = True,
     ):
         from recneg.fused_step import FusedMFStep, fused_step_blocker
         from recneg.optim import make_optimizer, use_sparse_gradients
@@ -87,7 +88,16 @@ class Runner:
         self.opt = make_optimizer(optimizer, params, 1e-3)
         blocker = fused_step_blocker(self.model, self.sampler, self.loss, "r1", distributed=False)
         self.fused = (
-            FusedMFStep(self.model, self.sampler, self.loss, 1e-4, self.opt, use_kernels=kernels, defer=defer)
+            FusedMFStep(
+                self.model,
+                self.sampler,
+                self.loss,
+                1e-4,
+                self.opt,
+                use_kernels=kernels,
+                defer=defer,
+                closed_form=closed_form,
+            )
             if fused and not blocker
             else None
         )
@@ -185,6 +195,20 @@ def main(argv=None) -> None:
         default=1,
         help="repeat the measurement in this many fresh processes and report medians and ranges over them",
     )
+    ap.add_argument(
+        "--warm-up-steps",
+        type=int,
+        default=1,
+        help="training steps each configuration takes before timing (first-use allocations; more to time a "
+        "trained model's steps: Adam's v is tiny in the first ~150 steps, where deferred rows are "
+        "replayed step by step)",
+    )
+    ap.add_argument(
+        "--step-by-step",
+        action="store_true",
+        help="with adam: also time each compiled config with its deferred steps replayed one by one "
+        "(the '(step by step)' rows) instead of in closed form",
+    )
     ap.add_argument("--emit-json", action="store_true", help=argparse.SUPPRESS)  # a child of --processes
     args = ap.parse_args(argv)
     if args.processes > 1:
@@ -219,14 +243,17 @@ def main(argv=None) -> None:
                 twins = {f"{n} (tensor)": {"kernels": False}, **twins}
                 if args.optimizer == "adam":  # the compiled step with a dense pass over both tables per step
                     twins = {f"{n} (no defer)": {"defer": False}, **twins}
+                    if args.step_by_step:  # deferred steps replayed one by one instead of in closed form
+                        twins = {f"{n} (step by step)": {"closed_form": False}, **twins}
             for twin, kind in twins.items():
                 runners[twin] = Runner(
                     split, CONFIGS[n], args.batch_size, optimizer=args.optimizer, device=device, **kind
                 )
                 runners[twin].candidates = runners[n].candidates
     names = list(runners)
-    for r in runners.values():  # warm-up: first-use allocations, bitmap build
-        r.step()
+    for r in runners.values():  # warm-up: first-use allocations, bitmap build; --warm-up-steps of training
+        for _ in range(max(1, args.warm_up_steps)):
+            r.step()
         r.flush()
     times: dict[str, list[float]] = {n: [] for n in names}
     cuda_peak: dict[str, float] = {}

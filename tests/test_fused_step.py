@@ -371,6 +371,40 @@ def test_long_gaps_are_summed_in_closed_form_where_the_series_converges(route):
     assert deferred.rows_caught_up == (8 if route == "whole table" else 6)
 
 
+def test_step_by_step_replay_agrees_with_the_closed_form():
+    """``DeferredAdam(closed_form=False)`` (the benchmarks' comparison) replays every row one step at a
+    time, and lands where the closed form does, to float32 rounding over 40 steps."""
+    pytest.importorskip("numba")
+    from recneg.kernels import DeferredAdam
+
+    rng = np.random.default_rng(1)
+    v = (rng.random((50, 32)) * 1e-8 + 1e-10).astype(np.float32)
+    arrays = [
+        (rng.standard_normal((50, 32)) * 0.1).astype(np.float32),
+        (rng.standard_normal((50, 32)) * 1e-5).astype(np.float32),
+        v,
+    ]
+    results = {}
+    for closed_form in (True, False):
+        table, m, v = (a.copy() for a in arrays)
+        deferred = DeferredAdam(50, closed_form=closed_form)
+        deferred.start(100, (0.9, 0.999, 1e-8, 0.0))
+        for t in range(101, 141):
+            deferred.record(t, 1e-3 / (1 - 0.9**t), math.sqrt(1 - 0.999**t))
+        deferred.catch_up(table, m, v, np.arange(0, 50, 2))
+        deferred.flush(table, m, v)
+        assert deferred.rows_caught_up == 50
+        assert deferred.rows_one_by_one == (0 if closed_form else 50)
+        results[closed_form] = (table, m, v)
+    moved = results[True][0] - arrays[0]
+    assert np.abs(moved).min() > 0
+    np.testing.assert_allclose(
+        results[False][0] - arrays[0], moved, rtol=1e-4, atol=4 * np.spacing(np.float32(0.5))
+    )
+    for a, b in zip(results[True][1:], results[False][1:], strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5)
+
+
 def test_the_series_sums_equal_their_definition():
     """``DeferredAdam.series[n, s − offset + 1]`` is ``S_n(s) = Σ_{τ=s+1}^{t} a_τ b_τ^(n+1) ρ_n^(τ−s)`` with
     ``ρ_n = β1 / sqrt(β2)^(n+1)``, summed here term by term, for every term ``n`` and starting step ``s``;

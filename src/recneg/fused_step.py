@@ -114,6 +114,9 @@ class FusedMFStep:
             rounding, without a pass over both whole tables and moments per step. Between steps the
             tables and Adam's moments are then behind for unread rows: call :meth:`flush` before reading
             them (evaluation, checkpoints, your own code). The trainer does (at the end of each epoch).
+        closed_form: with ``defer``, a row's missed steps are summed in closed form (the default; see
+            :class:`recneg.kernels.DeferredAdam`); ``False`` replays them one by one (same values to
+            float rounding; for benchmarks).
 
     Use: ``loss, view, neg, status = step(users, pos, generator)``. ``status`` is :data:`UPDATED`: the
     tables are already updated; :data:`GRADIENTS`: the tables' ``.grad`` hold this batch's gradient: call
@@ -131,6 +134,7 @@ class FusedMFStep:
         deterministic: bool = False,
         use_kernels: bool = True,
         defer: bool = False,
+        closed_form: bool = True,
     ):
         self.model, self.sampler, self.loss_fn, self.reg = model, sampler, loss_fn, float(reg)
         self.deterministic = deterministic
@@ -143,6 +147,7 @@ class FusedMFStep:
         # why the compiled kernels do not run here: None, or numba's compile error, or the caller's choice
         self._kernel_error: str | None = None if use_kernels else "use_kernels=False"
         self.defer = defer
+        self.closed_form = closed_form
         # per table ("user", "item"): the deferred zero-gradient steps of dense Adam (see ``defer``)
         self._deferred: dict[str, kernels.DeferredAdam] = {}
 
@@ -290,7 +295,7 @@ class FusedMFStep:
         hyper = (float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]))
         deferred = self._deferred.get(which)
         if deferred is None:
-            deferred = self._deferred[which] = kernels.DeferredAdam(table.shape[0])
+            deferred = self._deferred[which] = kernels.DeferredAdam(table.shape[0], self.closed_form)
         if deferred.step != before or deferred.hyper != hyper:
             if deferred.pending and deferred.step != before:
                 raise RuntimeError(

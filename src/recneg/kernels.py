@@ -814,8 +814,10 @@ class DeferredAdam:
     #: a read of at least 1/FLUSH_FRACTION of the rows brings the whole table up to date (in row order)
     FLUSH_FRACTION = 4
 
-    def __init__(self, n_rows: int):
+    def __init__(self, n_rows: int, closed_form: bool = True):
         self.synced = np.zeros(n_rows, dtype=np.int64)
+        #: False: every row's missed steps are replayed one by one (for benchmarks; same values to rounding)
+        self.closed_form = closed_form
         self.step = -1  # the step the rows are brought to on reading; -1 before :meth:`start`
         self.offset = 0  # the constants of step s are at index s - offset
         self.sizes = np.empty(64, dtype=np.float32)
@@ -867,13 +869,18 @@ class DeferredAdam:
         self._tabulate(capacity + 1)
 
     def _tabulate(self, n_columns: int) -> None:
-        """``_powers[n, j] = ρ_n^j`` (``ρ_n = β1 / sqrt(β2)^(n+1)``) and ``_decays[:, k]``, j, k < n_columns."""
+        """``_powers[n, j] = ρ_n^j`` (``ρ_n = β1 / sqrt(β2)^(n+1)``) and ``_decays[:, k]``, for j, k below
+        ``n_columns``."""
         assert self.hyper is not None
         beta1, beta2, eps = self.hyper[0], self.hyper[1], self.hyper[2]
         k = np.arange(n_columns)
         rho = beta1 / math.sqrt(beta2) ** np.arange(1, SERIES_TERMS + 1)
         self._powers = rho[:, None] ** k
-        limit = (eps / (SERIES_LIMIT * math.sqrt(beta2) ** k)) ** 2
+        limit = (
+            (eps / (SERIES_LIMIT * math.sqrt(beta2) ** k)) ** 2
+            if self.closed_form
+            else np.full(len(k), np.inf)
+        )
         self._decays = np.stack([beta1**k, beta2**k, limit])
 
     def _constants(self) -> tuple:
