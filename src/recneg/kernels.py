@@ -79,8 +79,9 @@ def compiled(name: str) -> Any:
         globals()["_online_sgd_block"] = block  # what the compiled _online_sgd_bpr calls
         # inlined into the kernels that call them: as separate functions their loops stay scalar (5x slower)
         inline = numba.njit(cache=True, nogil=True, inline="always")
+        globals()["_prefetch1"], globals()["_prefetch2"] = _make_prefetch()
         helpers = ("_adam_constants", "_adam_element", "_replay_row_in_closed_form", "_replay_row")
-        for helper in helpers:  # called by the kernels below
+        for helper in ("_prefetch_row", *helpers):  # called by the kernels below
             globals()[helper] = inline(globals()[helper])
         _COMPILED.update(
             # its 64-term dot products vectorise when they may reassociate (as online SGD's)
@@ -103,6 +104,56 @@ def compiled(name: str) -> Any:
         numba.set_num_threads(threads)
         _THREADS_SET[caller] = threads
     return _COMPILED[name]
+
+
+def _make_prefetch():
+    """``(prefetch1(array, i), prefetch2(array, i, j))``: a hint that the cache line holding ``array[i]`` /
+    ``array[i, j]`` will be read soon (LLVM's ``llvm.prefetch``; no effect on results, none on an address
+    outside the array either: a prefetch never faults).
+
+    The kernels here read rows at random (a batch's rows, candidates, bitmap bytes): each row is a
+    cache miss, and a core waits on one at a time unless told of the next ones early.
+    """
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    def codegen(context, builder, signature, args):
+        aryty, index_types = signature.args[0], signature.args[1:]
+        view = context.make_array(aryty)(context, builder, args[0])
+        idx = [context.cast(builder, i, t, types.intp) for i, t in zip(args[1:], index_types, strict=True)]
+        ptr = cgutils.get_item_pointer(context, builder, aryty, view, idx, wraparound=False)
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]), "llvm.prefetch.p0"
+        )
+        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])  # a read, kept in every cache level, of data
+        return context.get_dummy_value()
+
+    @intrinsic
+    def prefetch1(typingctx, array, i):
+        return types.void(array, i), codegen
+
+    @intrinsic
+    def prefetch2(typingctx, array, i, j):
+        return types.void(array, i, j), codegen
+
+    return prefetch1, prefetch2
+
+
+def _prefetch1(array, i):
+    """Placeholder until :func:`compiled` installs the compiled hint (:func:`_make_prefetch`)."""
+
+
+def _prefetch2(array, i, j):
+    """Placeholder until :func:`compiled` installs the compiled hint (:func:`_make_prefetch`)."""
+
+
+def _prefetch_row(table, row):
+    """Prefetch every cache line of ``table[row]`` (a C-contiguous float32 row: 16 floats a line)."""
+    for k in range(0, table.shape[1], 16):
+        _prefetch2(table, row, k)
 
 
 #: calling thread -> the numba thread count last set from it (set_num_threads costs ~6 µs a call)
@@ -185,6 +236,12 @@ def _accumulate_bpr_gradients(
     coef_sum = np.empty(batch, dtype=np.float32)
     row_loss = np.empty(batch, dtype=np.float64)
     for b in numba.prange(batch):
+        if b + PREFETCH_ROWS_AHEAD < batch:  # the rows of a pair a few places on
+            ahead = b + PREFETCH_ROWS_AHEAD
+            _prefetch_row(user_table, np.uint64(users[ahead]))
+            _prefetch_row(item_table, np.uint64(pos[ahead]))
+            for c in range(n):
+                _prefetch_row(item_table, np.uint64(negs[ahead, c]))
         u = np.uint64(users[b])
         i = np.uint64(pos[b])
         pos_score = np.float32(0.0)
@@ -216,6 +273,15 @@ def _accumulate_bpr_gradients(
     lam32 = np.float32(lam)
     for part in numba.prange(n_parts):
         for b in range(batch):
+            if b + PREFETCH_ROWS_AHEAD < batch:  # the gradient rows this part will add to a few pairs on
+                ahead = b + PREFETCH_ROWS_AHEAD
+                if users[ahead] % n_parts == part:
+                    _prefetch_row(user_grad, np.uint64(users[ahead]))
+                if pos[ahead] % n_parts == part:
+                    _prefetch_row(item_grad, np.uint64(pos[ahead]))
+                for c in range(n):
+                    if negs[ahead, c] % n_parts == part:
+                        _prefetch_row(item_grad, np.uint64(negs[ahead, c]))
             u = np.uint64(users[b])
             i = np.uint64(pos[b])
             if users[b] % n_parts == part:  # ∂L/∂e_u = Σ_j g_bj e_j − (Σ_j g_bj) e_i + (λ/B) e_u
@@ -331,6 +397,11 @@ def _dense_adam_table(
         if touched:
             seen[row] = 0
 
+
+#: how many rows (candidates, pairs) ahead the random-access kernels prefetch (:func:`_make_prefetch`)
+PREFETCH_AHEAD = 8
+#: how many rows ahead the Adam kernels prefetch a row with its moments (three or four arrays a row)
+PREFETCH_ROWS_AHEAD = 4
 
 #: rows per parallel block of the replay kernels (each block allocates its scratch once)
 _REPLAY_BLOCK = 64
@@ -495,6 +566,11 @@ def _adam_catch_up(table, exp_avg, exp_avg_sq, synced, ids, upto, constants):
     for block in numba.prange(n_blocks):
         root = np.empty(table.shape[1], dtype=np.float32)
         for r in range(block * _REPLAY_BLOCK, min(count, (block + 1) * _REPLAY_BLOCK)):
+            if r + PREFETCH_ROWS_AHEAD < count:
+                nxt = np.uint64(rows[r + PREFETCH_ROWS_AHEAD])
+                _prefetch_row(table, nxt)
+                _prefetch_row(exp_avg, nxt)
+                _prefetch_row(exp_avg_sq, nxt)
             # an unsigned row lets numba drop negative-index handling: 6x faster here
             one_by_one += _replay_row(arrays, constants, np.uint64(rows[r]), froms[r] + 1, upto, root)
     return count, one_by_one
@@ -562,6 +638,12 @@ def _adam_touched_rows(
     constants = _adam_constants(step_size, beta1, beta2, sqrt_bc2, eps)
     decay = np.float32(wd)
     for r in numba.prange(n_rows):
+        if r + PREFETCH_ROWS_AHEAD < n_rows:
+            nxt = np.uint64(rows[r + PREFETCH_ROWS_AHEAD])
+            _prefetch_row(table, nxt)
+            _prefetch_row(grad, nxt)
+            _prefetch_row(exp_avg, nxt)
+            _prefetch_row(exp_avg_sq, nxt)
         row = np.uint64(rows[r])  # rows from the gradient kernel's list: in range
         for k in range(dim):
             p = table[row, k]
@@ -584,13 +666,18 @@ def _score_rows(table, user_emb, ids, out):
     bad = 0
     for b in numba.prange(batch):
         for c in range(n_cand):
+            ahead = c + PREFETCH_AHEAD  # the candidate PREFETCH_AHEAD places on, maybe in the next row
+            nxt = ids[b, ahead] if ahead < n_cand else ids[b + 1, ahead - n_cand] if b + 1 < batch else -1
+            if nxt >= 0 and nxt < n_rows:
+                _prefetch_row(table, np.uint64(nxt))
             j = ids[b, c]
             if j < 0 or j >= n_rows:
                 bad += 1
                 continue
+            row = np.uint64(j)
             acc = np.float32(0.0)
             for k in range(dim):
-                acc += user_emb[b, k] * table[j, k]
+                acc += user_emb[b, k] * table[row, k]
             out[b, c] = acc
     return bad
 
@@ -621,6 +708,15 @@ def _bitmap_contains(bits, users, items, n_users, n_items, out):
     for b in numba.prange(batch):
         u = users[b]
         for c in range(n_cand):
+            ahead = c + PREFETCH_AHEAD  # the pair PREFETCH_AHEAD places on, maybe in the next row
+            if ahead < n_cand:
+                nu, ni = u, items[b, ahead]
+            elif b + 1 < batch:
+                nu, ni = users[b + 1], items[b + 1, ahead - n_cand]
+            else:
+                nu, ni = -1, -1
+            if nu >= 0 and nu < n_users and ni >= 0 and ni < n_items:
+                _prefetch1(bits, (nu * n_items + ni) >> 3)
             i = items[b, c]
             if u < 0 or u >= n_users or i < 0 or i >= n_items:
                 bad += 1
