@@ -373,7 +373,8 @@ def test_long_gaps_are_summed_in_closed_form_where_the_series_converges(route):
 
 def test_step_by_step_replay_agrees_with_the_closed_form():
     """``DeferredAdam(closed_form=False)`` (the benchmarks' comparison) replays every row one step at a
-    time, and lands where the closed form does, to float32 rounding over 40 steps."""
+    time, and lands where the closed form does, to float32 rounding over 40 steps. Rows fewer than
+    ``CLOSED_FORM_MIN_STEPS`` behind are replayed step by step either way."""
     pytest.importorskip("numba")
     from recneg.kernels import DeferredAdam
 
@@ -403,6 +404,15 @@ def test_step_by_step_replay_agrees_with_the_closed_form():
     )
     for a, b in zip(results[True][1:], results[False][1:], strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-5)
+    from recneg.kernels import CLOSED_FORM_MIN_STEPS
+
+    table, m, v = (a.copy() for a in arrays)
+    deferred = DeferredAdam(50)
+    deferred.start(100, (0.9, 0.999, 1e-8, 0.0))
+    for t in range(101, 101 + CLOSED_FORM_MIN_STEPS - 1):
+        deferred.record(t, 1e-3 / (1 - 0.9**t), math.sqrt(1 - 0.999**t))
+    deferred.flush(table, m, v)
+    assert deferred.rows_one_by_one == deferred.rows_caught_up == 50
 
 
 def test_the_series_sums_equal_their_definition():
