@@ -79,7 +79,7 @@ def compiled(name: str) -> Any:
         globals()["_online_sgd_block"] = block  # what the compiled _online_sgd_bpr calls
         # inlined into the kernels that call them: as separate functions their loops stay scalar (5x slower)
         inline = numba.njit(cache=True, nogil=True, inline="always")
-        globals()["_prefetch1"], globals()["_prefetch2"] = _make_prefetch()
+        globals()["_prefetch"] = _make_prefetch()
         helpers = ("_adam_constants", "_adam_element", "_replay_row_in_closed_form", "_replay_row")
         for helper in ("_prefetch_row", *helpers):  # called by the kernels below
             globals()[helper] = inline(globals()[helper])
@@ -107,12 +107,12 @@ def compiled(name: str) -> Any:
 
 
 def _make_prefetch():
-    """``(prefetch1(array, i), prefetch2(array, i, j))``: a hint that the cache line holding ``array[i]`` /
-    ``array[i, j]`` will be read soon (LLVM's ``llvm.prefetch``; no effect on results, none on an address
-    outside the array either: a prefetch never faults).
+    """``prefetch(array, i, j)``: a hint that the cache line holding ``array[i, j]`` will be read soon
+    (LLVM's ``llvm.prefetch``; no effect on results, none on an address outside the array either: a
+    prefetch never faults).
 
-    The kernels here read rows at random (a batch's rows, candidates, bitmap bytes): each row is a
-    cache miss, and a core waits on one at a time unless told of the next ones early.
+    The kernels here read rows at random (a batch's rows, candidates): each row is a cache miss, and a
+    core waits on one at a time unless told of the next ones early.
     """
     from llvmlite import ir
     from numba import types
@@ -132,28 +132,20 @@ def _make_prefetch():
         return context.get_dummy_value()
 
     @intrinsic
-    def prefetch1(typingctx, array, i):
-        return types.void(array, i), codegen
-
-    @intrinsic
-    def prefetch2(typingctx, array, i, j):
+    def prefetch(typingctx, array, i, j):
         return types.void(array, i, j), codegen
 
-    return prefetch1, prefetch2
+    return prefetch
 
 
-def _prefetch1(array, i):
-    """Placeholder until :func:`compiled` installs the compiled hint (:func:`_make_prefetch`)."""
-
-
-def _prefetch2(array, i, j):
+def _prefetch(array, i, j):
     """Placeholder until :func:`compiled` installs the compiled hint (:func:`_make_prefetch`)."""
 
 
 def _prefetch_row(table, row):
     """Prefetch every cache line of ``table[row]`` (a C-contiguous float32 row: 16 floats a line)."""
     for k in range(0, table.shape[1], 16):
-        _prefetch2(table, row, k)
+        _prefetch(table, row, k)
 
 
 #: calling thread -> the numba thread count last set from it (set_num_threads costs ~6 µs a call)
@@ -714,15 +706,6 @@ def _bitmap_contains(bits, users, items, n_users, n_items, out):
     for b in numba.prange(batch):
         u = users[b]
         for c in range(n_cand):
-            ahead = c + PREFETCH_AHEAD  # the pair PREFETCH_AHEAD places on, maybe in the next row
-            if ahead < n_cand:
-                nu, ni = u, items[b, ahead]
-            elif b + 1 < batch:
-                nu, ni = users[b + 1], items[b + 1, ahead - n_cand]
-            else:
-                nu, ni = -1, -1
-            if nu >= 0 and nu < n_users and ni >= 0 and ni < n_items:
-                _prefetch1(bits, (nu * n_items + ni) >> 3)
             i = items[b, c]
             if u < 0 or u >= n_users or i < 0 or i >= n_items:
                 bad += 1
