@@ -12,6 +12,11 @@ memory), ``benchmarks.eval_time`` (full-ranking evaluation against a bare matmul
 ``benchmarks.softmax_loss`` (the fused sampled softmax of the two-tower samplers against its autograd
 composition), ``benchmarks.peers`` (RecBole and implicit). Every result file is stamped with the machine,
 the thread count and the versions; ``benchmarks/results/suite.md`` lists what this run wrote.
+
+Run alone, not part of the suite: ``benchmarks.scaling`` (synthetic catalogues 10⁴ → 10⁶),
+``benchmarks.catch_up`` (deferred Adam's catch-up, closed form against step by step),
+``benchmarks.step_profile`` (ms a step in each compiled kernel), ``benchmarks.mf_bpr`` and the other
+quality and reproduction scripts.
 """
 
 from __future__ import annotations

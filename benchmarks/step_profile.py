@@ -9,8 +9,8 @@ deferred updates) trains ``--warm-up-steps`` steps (Adam's ``v`` is tiny in the 
 deferred rows are replayed one step at a time), then ``--steps`` timed steps, each call of a compiled kernel
 (``recneg.kernels.compiled``) timed on its own; the rest of the step (sampling in torch, Python) is
 ``other``. To compare two versions of the kernels, run it at each, alternating, a few times: the machine's
-speed drifts more than most differences being measured. Writes ``benchmarks/results/step_profile_<config>.json``
-and ``.md``.
+speed drifts more than most differences being measured. Writes
+``benchmarks/results/step_profile_<config>.json`` and ``.md``.
 """
 
 from __future__ import annotations
