@@ -500,6 +500,12 @@ def _replay_row(arrays, constants, row, first, last, scratch):
     c1, c2 = np.float32(1.0 - beta1), np.float32(1.0 - beta2)
     eps32, decay = np.float32(eps), np.float32(wd)
     if wd == 0.0:
+        moving = 0
+        for k in range(dim):
+            if exp_avg[row, k] != 0.0 or exp_avg_sq[row, k] != 0.0:
+                moving += 1
+        if moving == 0:  # no batch has touched the row yet: its steps leave it as it is (no writes)
+            return 0
         if last - first + 1 >= CLOSED_FORM_MIN_STEPS:
             closed_constants = (sizes, bc2s, offset, beta1, beta2, eps, series, decays)
             done = _replay_row_in_closed_form(arrays, closed_constants, row, first, last, scratch)
