@@ -424,6 +424,7 @@ def _replay_row_in_closed_form(arrays, constants, row, first, last, pending):
     ``ε b_τ / (q^j σ) < 1``; it is used for a parameter when that is ≤ :data:`SERIES_LIMIT` at every step
     (parameters with ``m₀ = 0`` do not move). Then ``m ← β1^k m₀``, ``v ← β2^k v₀``: the result of the
     ``k`` steps to float rounding, in O(d) instead of O(k d). ``pending [d]`` is float32 scratch.
+    A row whose moments are all zero (no batch has touched it yet) is left as it is, unwritten.
     Returns -1, with nothing done, when more than an eighth of the row's parameters would need the step
     by step replay (early in training, when ``v`` is still small): the caller then replays the whole row,
     which vectorises.
@@ -442,9 +443,13 @@ def _replay_row_in_closed_form(arrays, constants, row, first, last, pending):
     s4, s5, s6, s7 = np.float32(s4), np.float32(s5), np.float32(s6), np.float32(s7)
     eps32 = np.float32(eps)
     n_slow = 0
-    for k in range(dim):
-        if exp_avg[row, k] != 0.0 and exp_avg_sq[row, k] < v_limit:
-            n_slow += 1
+    n_moments = 0
+    for k in range(dim):  # branch-free: vectorised
+        m, v = exp_avg[row, k], exp_avg_sq[row, k]
+        n_slow += 1 if (m != 0.0) & (v < v_limit) else 0
+        n_moments += 1 if (m != 0.0) | (v != 0.0) else 0
+    if n_moments == 0:  # no batch has touched the row yet: its steps leave it as it is (no writes)
+        return 0
     if n_slow * 8 > dim:  # early in training: the whole row step by step, vectorised, is cheaper
         return -1
     n_pending = 0
@@ -500,12 +505,6 @@ def _replay_row(arrays, constants, row, first, last, scratch):
     c1, c2 = np.float32(1.0 - beta1), np.float32(1.0 - beta2)
     eps32, decay = np.float32(eps), np.float32(wd)
     if wd == 0.0:
-        moving = 0
-        for k in range(dim):
-            if exp_avg[row, k] != 0.0 or exp_avg_sq[row, k] != 0.0:
-                moving += 1
-        if moving == 0:  # no batch has touched the row yet: its steps leave it as it is (no writes)
-            return 0
         if last - first + 1 >= CLOSED_FORM_MIN_STEPS:
             closed_constants = (sizes, bc2s, offset, beta1, beta2, eps, series, decays)
             done = _replay_row_in_closed_form(arrays, closed_constants, row, first, last, scratch)
