@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 
 import numpy as np
 import torch
 
-from benchmarks.common import machine_stamp, md_table, write_results
+from benchmarks.common import machine_stamp, publish_table
 
 N_ROWS, DIM = 40_981, 64
 BETA1, BETA2, EPS, LR = 0.9, 0.999, 1e-8, 1e-3
@@ -94,16 +93,12 @@ def main(argv=None) -> None:
                 }
             )
             print(rows[-1], flush=True)
-    stamp = machine_stamp(args.threads)
-    cmd = "python -m benchmarks.catch_up " + " ".join(argv if argv is not None else sys.argv[1:])
-    md = (
-        f"# Deferred Adam catch-up: closed form vs step by step\n\nCommand: `{cmd}`\n\n"
+    description = (
         f"Table {N_ROWS} × {DIM} float32 with its two Adam moments; every row owes `steps behind` "
-        f"zero-gradient steps; median of {args.reps} interleaved repetitions, each on fresh copies.\n\n"
-        f"Machine: {stamp}\n\n" + md_table(rows, list(rows[0]))
+        f"zero-gradient steps; median of {args.reps} interleaved repetitions, each on fresh copies."
     )
-    write_results("catch_up", {"machine": stamp, "command": cmd, "rows": rows}, md)
-    print(md)
+    title = "Deferred Adam catch-up: closed form vs step by step"
+    print(publish_table("catch_up", "catch_up", argv, title, description, machine_stamp(args.threads), rows))
 
 
 if __name__ == "__main__":

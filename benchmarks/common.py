@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -41,6 +42,20 @@ def write_results(name: str, payload: dict, table_md: str) -> tuple[Path, Path]:
     j.write_text(json.dumps(payload, indent=2, default=str))
     m.write_text(table_md)
     return j, m
+
+
+def publish_table(
+    name: str, module: str, argv, title: str, description: str, stamp: dict, rows: list[dict]
+) -> str:
+    """Write ``benchmarks/results/<name>.json`` and ``.md``: ``rows`` as a table under ``title``, with the
+    command that produced it (``python -m benchmarks.<module>`` and ``argv``, or the process's arguments)
+    and the machine ``stamp``. Returns the Markdown."""
+    cmd = f"python -m benchmarks.{module} " + " ".join(argv if argv is not None else sys.argv[1:])
+    md = f"# {title}\n\nCommand: `{cmd}`\n\n{description}\n\nMachine: {stamp}\n\n" + md_table(
+        rows, list(rows[0])
+    )
+    write_results(name, {"machine": stamp, "command": cmd, "rows": rows}, md)
+    return md
 
 
 def md_table(rows: list[dict], columns: list[str]) -> str:

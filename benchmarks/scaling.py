@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.common import machine_stamp, md_table, peak_rss_mb, write_results
+from benchmarks.common import machine_stamp, peak_rss_mb, publish_table
 from benchmarks.epoch_time import CONFIGS, Runner
 from recneg.data.interactions import Interactions, Split
 from recneg.eval.ranking import evaluate
@@ -118,17 +118,14 @@ def main(argv=None) -> None:
         row = {**json.loads(out.stdout.strip().splitlines()[-1]), "load": load.split("load average: ")[-1]}
         print(row, flush=True)
         rows.append(row)
-    stamp = machine_stamp(args.threads)
-    cmd = "python -m benchmarks.scaling " + " ".join(argv)
-    md = (
-        f"# Scaling on synthetic data\n\nCommand: `{cmd}`\n\nMF dim 64, batch {args.batch_size}, "
-        f"{args.degree} interactions per user; median ms per training step over {args.rounds} interleaved "
-        f"rounds of {args.steps} steps; evaluation of {args.eval_users} users in chunks of {args.eval_chunk} "
-        f"(peak RSS it adds; the score block is chunk × n_items × 4 bytes); load = uptime's load average "
-        f"when the point started.\n\nMachine: {stamp}\n\n" + md_table(rows, list(rows[0]))
+    description = (
+        f"MF dim 64, batch {args.batch_size}, {args.degree} interactions per user; median ms per training "
+        f"step over {args.rounds} interleaved rounds of {args.steps} steps; evaluation of {args.eval_users} "
+        f"users in chunks of {args.eval_chunk} (peak RSS it adds; the score block is chunk × n_items × 4 "
+        f"bytes); load = uptime's load average when the point started."
     )
-    write_results("scaling", {"machine": stamp, "command": cmd, "rows": rows}, md)
-    print(md)
+    stamp = machine_stamp(args.threads)
+    print(publish_table("scaling", "scaling", argv, "Scaling on synthetic data", description, stamp, rows))
 
 
 if __name__ == "__main__":

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import collections
-import sys
 import time
 
 import torch
 
-from benchmarks.common import DEFAULT_DATA, machine_stamp, md_table, write_results
+from benchmarks.common import DEFAULT_DATA, machine_stamp, publish_table
 
 
 def main(argv=None) -> None:
@@ -77,17 +76,13 @@ def main(argv=None) -> None:
     ]
     rows.append({"kernel": "other", "ms/step": round(1e3 * total / args.steps - sum(per_step.values()), 3)})
     rows.append({"kernel": "step", "ms/step": round(1e3 * total / args.steps, 3)})
-    stamp = machine_stamp(args.threads)
-    cmd = "python -m benchmarks.step_profile " + " ".join(argv if argv is not None else sys.argv[1:])
-    md = (
-        f"# Kernel time in a compiled step: {args.config} on {args.dataset}\n\nCommand: `{cmd}`\n\n"
+    description = (
         f"Batch 2048, dense Adam (deferred updates); {args.steps} steps after {args.warm_up_steps} of "
-        f"training, then the deferred updates flushed (counted).\n\nMachine: {stamp}\n\n"
-        + md_table(rows, ["kernel", "ms/step", "calls/step"])
+        f"training, then the deferred updates flushed (counted)."
     )
-    name = args.config.split(" ")[0]
-    write_results(f"step_profile_{name}", {"machine": stamp, "command": cmd, "rows": rows}, md)
-    print(md)
+    title = f"Kernel time in a compiled step: {args.config} on {args.dataset}"
+    name = "step_profile_" + args.config.split(" ")[0]
+    print(publish_table(name, "step_profile", argv, title, description, machine_stamp(args.threads), rows))
 
 
 if __name__ == "__main__":
