@@ -670,7 +670,11 @@ def _score_rows(table, user_emb, ids, out):
     for b in numba.prange(batch):
         for c in range(n_cand):
             ahead = c + PREFETCH_AHEAD  # the candidate PREFETCH_AHEAD places on, maybe in the next row
-            nxt = ids[b, ahead] if ahead < n_cand else ids[b + 1, ahead - n_cand] if b + 1 < batch else -1
+            nxt = -1  # (none when it lies beyond the next row: fewer candidates than PREFETCH_AHEAD)
+            if ahead < n_cand:
+                nxt = ids[b, ahead]
+            elif b + 1 < batch and ahead - n_cand < n_cand:
+                nxt = ids[b + 1, ahead - n_cand]
             if nxt >= 0 and nxt < n_rows:
                 _prefetch_row(table, np.uint64(nxt))
             j = ids[b, c]
