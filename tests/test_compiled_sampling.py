@@ -3,13 +3,14 @@ aside where they do not serve."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 import recneg
 from recneg import kernels
 from recneg.models import base
-from recneg.samplers.base import uniform_pool
+from recneg.samplers.base import scored_uniform_pool, uniform_pool
 
 
 def _reference(table, user_emb, ids):
@@ -169,3 +170,114 @@ def test_a_membership_kernel_that_cannot_build_leaves_the_tensor_path(small_spli
     with pytest.warns(RuntimeWarning, match="bitmap_contains could not be built here"):
         assert torch.equal(index.contains(users.unsqueeze(1), items), expected)
     assert torch.equal(index.contains(users.unsqueeze(1), items), expected)  # no second warning needed
+
+
+def test_one_pass_test_and_score_equals_the_two_passes(small_split):
+    pytest.importorskip("numba")
+    index, train = _positives(small_split), small_split.train
+    gen = torch.Generator().manual_seed(2)
+    table = torch.randn(index.n_items, 16, generator=gen)
+    users = torch.as_tensor(train.users[:300])
+    user_emb = torch.randn(300, 16, generator=gen)
+    ids = torch.randint(0, index.n_items, (300, 9), generator=gen)
+    ids[:, 3] = torch.as_tensor(train.items[:300])  # a known positive in every row
+    bits = index._bitmap().numpy()
+    scores, hits = kernels.check_and_score(
+        bits, users.numpy(), ids.numpy(), user_emb.numpy(), table.numpy(), index.n_users
+    )
+    assert hits.dtype == bool and bool(hits[:, 3].all())
+    assert torch.equal(torch.from_numpy(hits), _tensor_contains(index, users.unsqueeze(1), ids))
+    got_scores = torch.from_numpy(scores)
+    torch.testing.assert_close(got_scores, _reference(table, user_emb, ids), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_scores, base.score_rows(table, user_emb, ids), rtol=0, atol=0)
+    # a hand-computed case: user 0 has item 1 (of 2); ⟨(1, 2), (3, 4)⟩ = 11, ⟨(1, 2), (0, -1)⟩ = -2
+    one = np.zeros(1, dtype=np.uint8)
+    one[0] = 1 << 1  # pair (0, 1): bit q = 0 · 2 + 1
+    small = np.array([[3.0, 4.0], [0.0, -1.0]], dtype=np.float32)
+    got, hit = kernels.check_and_score(
+        one, np.array([0]), np.array([[0, 1, 0]]), np.array([[1.0, 2.0]], dtype=np.float32), small, 1
+    )
+    assert got.tolist() == [[11.0, -2.0, 11.0]] and hit.tolist() == [[False, True, False]]
+    for bad_users, bad_ids in ((np.array([1]), np.array([[0, 1]])), (np.array([0]), np.array([[0, 2]]))):
+        with pytest.raises(IndexError, match="lie outside the id space 1 × 2"):
+            kernels.check_and_score(one, bad_users, bad_ids, np.ones((1, 2), dtype=np.float32), small, 1)
+
+
+def _read_log(view):
+    reads = []
+    view.before_read = lambda which, ids: reads.append((which, None if ids is None else ids.clone()))
+    return reads
+
+
+def test_a_scored_uniform_pool_has_uniform_pools_draws_and_the_views_scores(small_split, monkeypatch):
+    pytest.importorskip("numba")
+    index, train = _positives(small_split), small_split.train
+    torch.manual_seed(0)
+    model = recneg.build_model("mf", train, dim=8)
+    users = torch.as_tensor(train.users[:200])
+    pos = torch.as_tensor(train.items[:200])
+    view = model.view(users, pos)
+    reads = _read_log(view)
+    assert base.compiled_scoring_tables(view) is not None
+    pool, scores = scored_uniform_pool(index, users, 16, view, torch.Generator().manual_seed(5))
+    reads = list(reads)  # what scored_uniform_pool announced (view.score below announces its own)
+    first_draw = torch.randint(index.n_items, (200, 16), generator=torch.Generator().manual_seed(5))
+    assert int(index.contains(users.unsqueeze(1), first_draw).sum()) > 20  # some were redrawn and rescored
+    assert torch.equal(pool, uniform_pool(index, users, 16, torch.Generator().manual_seed(5)))
+    torch.testing.assert_close(scores, view.score(pool), rtol=0, atol=0)
+    # every row was announced before it was read (a deferred optimiser catches rows up on that call)
+    item_reads = [ids for which, ids in reads if which == "item"]
+    assert {"user", "item"} <= {which for which, _ in reads}
+    assert set(pool.view(-1).tolist()) <= set(torch.cat([i.view(-1) for i in item_reads]).tolist())
+    # without numba: the same pool and scores from uniform_pool and view.score
+    monkeypatch.setattr(kernels, "AVAILABLE", False)
+    monkeypatch.setattr(kernels, "_READY", {})
+    view = model.view(users, pos)
+    assert base.compiled_scoring_tables(view) is None
+    tensor_pool, tensor_scores = scored_uniform_pool(index, users, 16, view, torch.Generator().manual_seed(5))
+    assert torch.equal(tensor_pool, pool)
+    torch.testing.assert_close(tensor_scores, scores, rtol=1e-5, atol=1e-6)
+
+
+def test_the_one_pass_top_candidate_and_statistics_equal_torchs():
+    pytest.importorskip("numba")
+    scores = np.array(
+        [[1.0, 3.0, 3.0, -2.0], [0.5, 0.5, 0.5, 0.5], [1.0, np.nan, 9.0, np.nan], [-1.0, -3.0, -0.5, -4.0]],
+        dtype=np.float32,
+    )
+    ids = np.array([[10, 11, 12, 13], [20, 21, 22, 23], [30, 31, 32, 33], [40, 41, 42, 43]])
+    chosen, best, spread, gap = kernels.row_max(scores, ids)
+    # first of a tie (as torch.max), the first NaN when there is one
+    assert chosen.tolist() == [11, 20, 31, 42]
+    assert best[[0, 1, 3]].tolist() == [3.0, 0.5, -0.5] and np.isnan(best[2])
+    assert np.isnan(spread) and np.isnan(gap)  # a NaN score shows in the statistics, as in torch's
+    finite = scores[[0, 1, 3]]
+    _, _, spread, gap = kernels.row_max(finite, ids[[0, 1, 3]])
+    assert spread == pytest.approx((5.0 + 0.0 + 3.5) / 3)  # max − min per row: 5, 0, 3.5
+    assert gap == pytest.approx(((3.0 - 1.25) + 0.0 + (-0.5 + 2.125)) / 3)  # max − mean per row
+
+
+def test_dns_takes_the_same_negatives_and_statistics_with_or_without_the_one_pass_kernels(small_split):
+    pytest.importorskip("numba")
+    from recneg.samplers import hard
+
+    torch.manual_seed(0)
+    model = recneg.build_model("mf", small_split.train, dim=8)
+    sampler = recneg.build_sampler("dns", n_candidates=16).bind(small_split.train)
+    users = torch.as_tensor(small_split.train.users[:300])
+    pos = torch.as_tensor(small_split.train.items[:300])
+    fast = sampler(users, pos, model.view(users, pos), generator=torch.Generator().manual_seed(3))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hard, "_top_one_compiled", lambda pool, scores: None)
+        patch.setattr(hard, "scored_uniform_pool", _two_pass_pool)
+        slow = sampler(users, pos, model.view(users, pos), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(fast.pool_ids, slow.pool_ids) and torch.equal(fast.ids, slow.ids)
+    torch.testing.assert_close(fast.emb, slow.emb)
+    assert set(fast.stats) == set(slow.stats)
+    for key in fast.stats:
+        torch.testing.assert_close(fast.stats[key], slow.stats[key], rtol=1e-5, atol=1e-6)
+
+
+def _two_pass_pool(index, users, n, view, generator=None, max_rounds=10000):
+    pool = uniform_pool(index, users, n, generator, True, max_rounds)
+    return pool, view.score(pool)

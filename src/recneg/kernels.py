@@ -81,7 +81,7 @@ def compiled(name: str) -> Any:
         inline = numba.njit(cache=True, nogil=True, inline="always")
         globals()["_prefetch"] = _make_prefetch()
         helpers = ("_adam_constants", "_adam_element", "_replay_row_in_closed_form", "_replay_row")
-        for helper in ("_prefetch_row", *helpers):  # called by the kernels below
+        for helper in ("_prefetch_row", "_row_dot", *helpers):  # called by the kernels below
             globals()[helper] = inline(globals()[helper])
         _COMPILED.update(
             # its 64-term dot products vectorise when they may reassociate (as online SGD's)
@@ -96,6 +96,10 @@ def compiled(name: str) -> Any:
             record_step=numba.njit(cache=True, nogil=True)(_record_step),
             score_rows=numba.njit(cache=True, nogil=True, parallel=True, fastmath=fast)(_score_rows),
             bitmap_contains=jit(_bitmap_contains),
+            check_and_score=numba.njit(cache=True, nogil=True, parallel=True, fastmath=fast)(
+                _check_and_score
+            ),
+            row_max=jit(_row_max),
             online_sgd_bpr=numba.njit(cache=True, nogil=True, parallel=True, fastmath=fast)(_online_sgd_bpr),
         )
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
@@ -124,9 +128,10 @@ def _make_prefetch():
         view = context.make_array(aryty)(context, builder, args[0])
         idx = [context.cast(builder, i, t, types.intp) for i, t in zip(args[1:], index_types, strict=True)]
         ptr = cgutils.get_item_pointer(context, builder, aryty, view, idx, wraparound=False)
-        i32 = ir.IntType(32)
+        i32, byte_ptr = ir.IntType(32), ir.IntType(8).as_pointer()
+        ptr = builder.bitcast(ptr, byte_ptr)  # one declaration serves arrays of every type
         fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]), "llvm.prefetch.p0"
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]), "llvm.prefetch.p0"
         )
         builder.call(fn, [ptr, i32(0), i32(3), i32(1)])  # a read, kept in every cache level, of data
         return context.get_dummy_value()
@@ -170,6 +175,10 @@ def ready(name: str) -> bool:
         warm_ups = {
             "score_rows": lambda: score_rows(f32, f32.copy(), i64),
             "bitmap_contains": lambda: bitmap_contains(np.zeros(1, dtype=np.uint8), i64[0], i64, 1, 1),
+            "check_and_score": lambda: check_and_score(
+                np.zeros(1, dtype=np.uint8), i64[0], i64, f32, f32.copy(), 1
+            ),
+            "row_max": lambda: row_max(f32, i64),
         }
         try:
             warm_ups[name]()
@@ -658,6 +667,14 @@ def _adam_touched_rows(
         synced[row] = step
 
 
+def _row_dot(user_emb, b, table, row):
+    """``⟨user_emb[b], table[row]⟩`` in float32; inlined into the scorers, so both sum alike."""
+    acc = np.float32(0.0)
+    for k in range(table.shape[1]):
+        acc += user_emb[b, k] * table[row, k]
+    return acc
+
+
 def _score_rows(table, user_emb, ids, out):
     """``out[b, c] = ⟨user_emb[b], table[ids[b, c]]⟩``, reading the rows in place; parallel over ``b``.
 
@@ -665,7 +682,7 @@ def _score_rows(table, user_emb, ids, out):
     Returns how many ids lie outside ``[0, n)`` (their scores are left unset).
     """
     batch, n_cand = ids.shape
-    n_rows, dim = table.shape
+    n_rows = table.shape[0]
     bad = 0
     for b in numba.prange(batch):
         for c in range(n_cand):
@@ -681,12 +698,115 @@ def _score_rows(table, user_emb, ids, out):
             if j < 0 or j >= n_rows:
                 bad += 1
                 continue
-            row = np.uint64(j)
-            acc = np.float32(0.0)
-            for k in range(dim):
-                acc += user_emb[b, k] * table[row, k]
-            out[b, c] = acc
+            out[b, c] = _row_dot(user_emb, b, table, np.uint64(j))
     return bad
+
+
+def _check_and_score(bits, users, ids, user_emb, table, n_users, n_items, scores, hits):
+    """:func:`_score_rows` and :func:`_bitmap_contains` of the same candidates in one pass.
+
+    ``scores[b, c] = ⟨user_emb[b], table[ids[b, c]]⟩``; ``hits[b, c] = 1`` where the pair
+    ``(users[b], ids[b, c])`` has its bit set in ``bits`` (``[1, n_bytes]``, the bitmap as one row, so that
+    its bytes can be prefetched), else 0. Each candidate costs two cache misses (its bitmap byte, its
+    row); both are prefetched a few candidates ahead. Shapes: ``users [B]``, ``ids [B, c]`` int64,
+    ``user_emb [B, d]``, ``table [n_items, d]`` float32, ``scores [B, c]`` float32, ``hits [B, c]``
+    uint8. Returns how many pairs lie outside the id space ``n_users × n_items`` (left unset).
+    """
+    batch, n_cand = ids.shape
+    bad = 0
+    for b in numba.prange(batch):
+        u = users[b]
+        if u < 0 or u >= n_users:
+            bad += n_cand
+            continue
+        for c in range(n_cand):
+            ahead = c + PREFETCH_AHEAD  # as in _score_rows, with the owner of that candidate
+            nxt = -1
+            owner = u
+            if ahead < n_cand:
+                nxt = ids[b, ahead]
+            elif b + 1 < batch and ahead - n_cand < n_cand:
+                nxt = ids[b + 1, ahead - n_cand]
+                owner = users[b + 1]
+            if nxt >= 0 and nxt < n_items and owner >= 0 and owner < n_users:
+                _prefetch_row(table, np.uint64(nxt))
+                _prefetch(bits, 0, np.uint64((owner * n_items + nxt) >> 3))
+            j = ids[b, c]
+            if j < 0 or j >= n_items:
+                bad += 1
+                continue
+            q = u * n_items + j
+            hits[b, c] = (bits[0, q >> 3] >> (q & 7)) & 1
+            scores[b, c] = _row_dot(user_emb, b, table, np.uint64(j))
+    return bad
+
+
+def check_and_score(
+    bits: np.ndarray,
+    users: np.ndarray,
+    ids: np.ndarray,
+    user_emb: np.ndarray,
+    table: np.ndarray,
+    n_users: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of candidates ``ids [B, c]`` (``[B, c]`` float32, as :func:`score_rows`) and whether each is a
+    positive of its row's user in the pair bitmap ``bits`` (``[B, c]`` bool, as :func:`bitmap_contains`,
+    with ``n_items = len(table)``), in one pass over the candidates.
+
+    Raises ``IndexError`` for ids outside the id space.
+    """
+    n_items = table.shape[0]
+    scores = np.empty(ids.shape, dtype=np.float32)
+    hits = np.zeros(ids.shape, dtype=np.uint8)
+    check = compiled("check_and_score")
+    bad = check(bits.reshape(1, -1), users, ids, user_emb, table, n_users, n_items, scores, hits)
+    if bad:
+        raise IndexError(f"{bad} (user, candidate) pairs lie outside the id space {n_users} × {n_items}")
+    return scores, hits.view(np.bool_)
+
+
+def _row_max(scores, ids, best_id, best):
+    """Per row of ``scores [B, c]``: the candidate ``ids [B, c]`` at the first index of its largest entry (of
+    its first NaN, if any, as ``torch.max`` takes) into ``best_id [B]`` int64, and that entry into
+    ``best [B]`` float32. Returns
+    ``(Σ_b (max_b − min_b), Σ_b (max_b − mean_b))`` in float64 (DNS's pool statistics)."""
+    batch, n_cand = scores.shape
+    spread = 0.0
+    gap = 0.0
+    for b in numba.prange(batch):
+        top = scores[b, 0]
+        low = top
+        total = np.float32(0.0)
+        nan = False
+        for c in range(n_cand):  # branch-free, so that it vectorises; the index is found below
+            s = scores[b, c]
+            total += s
+            top = max(top, s)
+            low = min(low, s)
+            nan |= s != s
+        at = 0
+        for c in range(n_cand):
+            s = scores[b, c]
+            if (s != s) if nan else (s == top):
+                at = c
+                break
+        top = scores[b, at]
+        best_id[b] = ids[b, at]
+        best[b] = top
+        spread += top - low
+        gap += top - total / n_cand
+    return spread, gap
+
+
+def row_max(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """What DNS keeps of its pool ``ids [B, c]`` (int64) with ``scores [B, c]`` (float32, ``c ≥ 1``), in one
+    pass (:func:`_row_max`): ``(chosen ids [B] int64, their scores [B] float32, mean over rows of max − min,
+    mean over rows of max − row mean)``."""
+    best_id = np.empty(scores.shape[0], dtype=np.int64)
+    best = np.empty(scores.shape[0], dtype=np.float32)
+    spread, gap = compiled("row_max")(scores, ids, best_id, best)
+    n = max(scores.shape[0], 1)
+    return best_id, best, spread / n, gap / n
 
 
 def score_rows(table: np.ndarray, user_emb: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -1169,9 +1289,11 @@ __all__ = [
     "AdamState",
     "DeferredAdam",
     "bitmap_contains",
+    "check_and_score",
     "compiled",
     "online_sgd_bpr",
     "ready",
+    "row_max",
     "score_rows",
     "warm_up_online_sgd",
 ]

@@ -136,6 +136,32 @@ def _score_compiled(table: Tensor, user_emb: Tensor, ids: Tensor) -> Tensor | No
     return torch.from_numpy(scores)
 
 
+def compiled_scoring_tables(view: ModelView) -> tuple[Tensor, Tensor] | None:
+    """``(item_table [n_items, d], user_emb [B, d])``, detached, where ``view.score`` takes the compiled
+    scorer (a :class:`TableView` over CPU float32 tables, :func:`use_compiled_scorer` on, numba here), so
+    that a caller may score candidates with :mod:`recneg.kernels` itself; else ``None``. The user rows
+    are read (and brought up to date) here; the caller announces its item reads with
+    :meth:`TableView.read` before making them."""
+    from recneg import kernels
+
+    if not isinstance(view, TableView) or type(view).score is not TableView.score:
+        return None
+    table = view.item_table
+    if not (
+        _COMPILED_SCORER["enabled"]
+        and table.device.type == "cpu"
+        and table.dtype == torch.float32
+        and table.dim() == 2
+        and table.is_contiguous()
+        and kernels.ready("score_rows")
+    ):
+        return None
+    user_emb = view.user_emb.detach()
+    if user_emb.dtype != torch.float32 or tuple(user_emb.shape) != (len(view.users), table.shape[1]):
+        return None
+    return table.detach(), user_emb
+
+
 def score_rows(table: Tensor, user_emb: Tensor, ids: Tensor) -> Tensor:
     """``r_bj = ⟨user_emb_b, table[ids_bj]⟩`` without gradient.
 
@@ -240,9 +266,14 @@ class TableView(ModelView):
     def pos_emb(self, value: Tensor) -> None:
         self._pos_emb = value
 
-    def _read(self, which: str, ids: Tensor | None) -> None:
+    def read(self, which: str, ids: Tensor | None) -> None:
+        """Announce a read of rows ``ids`` of the ``"user"`` or ``"item"`` table (``None``: all of it) by
+        code that reads :attr:`item_table` directly (see :func:`compiled_scoring_tables`): calls
+        :attr:`before_read`, which brings deferred rows up to date."""
         if self.before_read is not None:
             self.before_read(which, ids)
+
+    _read = read
 
     def _build_layer_tables(self) -> None:
         if self._item_layer_table is None and self._layer_tables is not None:

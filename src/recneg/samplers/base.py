@@ -175,20 +175,51 @@ def _redraw_positives_compiled(
     """
     from recneg import kernels
 
+    arrays = _compiled_bitmap_arrays(index, users, pool, "bitmap_contains")
+    if arrays is None:
+        return False
+    bits_np, users_np, pool_np = arrays
+    hits = kernels.bitmap_contains(bits_np, users_np, pool_np, index.n_users, index.n_items)
+    _redraw_hits(index, users, users_np, pool_np, np.flatnonzero(hits), draw, max_rounds)
+    return True
+
+
+def _compiled_bitmap_arrays(
+    index: PositiveIndex, users: Tensor, pool: Tensor, kernel: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(bitmap, users [B], pool [B, n])`` as numpy views for the compiled test ``kernel``, or ``None``
+    where it does not serve (not CPU int64, no bitmap, numba missing or unable to build it)."""
+    from recneg import kernels
+
     if pool.device.type != "cpu" or users.dtype != torch.int64 or pool.dtype != torch.int64:
-        return False
-    bits = index.bitmap()
-    if bits is None or bits.device.type != "cpu" or not kernels.ready("bitmap_contains"):
-        return False
-    bits_np, users_np, pool_np = bits.numpy(), users.contiguous().numpy(), pool.numpy()
+        return None
     if not pool.is_contiguous():
-        return False
+        return None
+    bits = index.bitmap()
+    if bits is None or bits.device.type != "cpu" or not kernels.ready(kernel):
+        return None
+    return bits.numpy(), users.contiguous().numpy(), pool.numpy()
+
+
+def _redraw_hits(
+    index: PositiveIndex,
+    users: Tensor,
+    users_np: np.ndarray,
+    pool_np: np.ndarray,
+    bad: np.ndarray,
+    draw,
+    max_rounds: int,
+) -> None:
+    """Redraw, in place, the entries ``bad`` (flat positions) of ``pool_np [B, n]``, and those of the new
+    draws that are positives again, until none is: :func:`_redraw_positives`'s loop, in numpy."""
+    from recneg import kernels
+
+    if not bad.size:
+        return
+    check_negatives_exist(index, users)
     n = pool_np.shape[1]
     flat = pool_np.reshape(-1)
-    bad = np.flatnonzero(kernels.bitmap_contains(bits_np, users_np, pool_np, index.n_users, index.n_items))
-    if not bad.size:
-        return True
-    check_negatives_exist(index, users)
+    bits_np = index.bitmap().numpy()  # type: ignore[union-attr]
     rows = users_np[bad // n]
     rounds = 0
     while bad.size:
@@ -203,7 +234,6 @@ def _redraw_positives_compiled(
         hit = kernels.bitmap_contains(bits_np, rows, fresh.reshape(-1, 1), index.n_users, index.n_items)
         hit = hit.reshape(-1)
         bad, rows = bad[hit], rows[hit]
-    return True
 
 
 def uniform_pool(
@@ -230,6 +260,64 @@ def uniform_pool(
         return torch.randint(index.n_items, (k,), device=device, generator=generator)
 
     return _redraw_positives(index, users.reshape(-1), pool, draw, max_rounds)
+
+
+def scored_uniform_pool(
+    index: PositiveIndex,
+    users: Tensor,
+    n: int,
+    view: ModelView,
+    generator: torch.Generator | None = None,
+    max_rounds: int = 10000,
+) -> tuple[Tensor, Tensor]:
+    """``uniform_pool(index, users, n, generator)`` (positives excluded) and ``view.score`` of it.
+
+    The same draws and the same scores as those two calls. Where the compiled kernels serve (CPU, the pair
+    bitmap, a :class:`~recneg.models.base.TableView` scoring with the compiled scorer), the candidates are
+    tested against the positives and scored in one pass (:func:`recneg.kernels.check_and_score`): each
+    candidate's bitmap byte and item row are fetched together, instead of in two passes over the batch.
+    The few that hit a positive are redrawn as :func:`uniform_pool` does, then scored.
+
+    Shape: ``users [B] -> (pool [B, n] int64, scores [B, n] float32)``.
+    """
+    from recneg import kernels
+    from recneg.models.base import TableView, compiled_scoring_tables
+
+    device = users.device
+    users = users.reshape(-1)
+
+    def draw(k: int) -> Tensor:
+        return torch.randint(index.n_items, (k,), device=device, generator=generator)
+
+    tables = compiled_scoring_tables(view)
+    arrays = None
+    if tables is not None:
+        pool = torch.randint(index.n_items, (users.numel(), n), device=device, generator=generator)
+        arrays = _compiled_bitmap_arrays(index, users, pool, "check_and_score")
+    if tables is None or arrays is None:
+        if tables is not None:  # the same first draw, then the tensor path's exclusion and scores
+            pool = _redraw_positives(index, users, pool, draw, max_rounds)
+        else:
+            pool = uniform_pool(index, users, n, generator, True, max_rounds)
+        return pool, view.score(pool)
+    bits_np, users_np, pool_np = arrays
+    item_table, user_emb = tables
+    assert isinstance(view, TableView)  # what compiled_scoring_tables serves
+    view.read("item", pool)  # before reading the rows (a deferred optimiser brings them up to date)
+    user_emb_np = user_emb.contiguous().numpy()
+    scores_np, hits = kernels.check_and_score(
+        bits_np, users_np, pool_np, user_emb_np, item_table.numpy(), index.n_users
+    )
+    bad = np.flatnonzero(hits)
+    if bad.size:
+        _redraw_hits(index, users, users_np, pool_np, bad, draw, max_rounds)
+        fresh = torch.from_numpy(pool_np.reshape(-1)[bad])
+        view.read("item", fresh)
+        rows = bad // n
+        scores_np.reshape(-1)[bad] = kernels.score_rows(
+            item_table.numpy(), user_emb_np[rows], fresh.numpy().reshape(-1, 1)
+        ).reshape(-1)
+    return pool, torch.from_numpy(scores_np)
 
 
 def categorical_pool(

@@ -30,7 +30,7 @@ from recneg._validation import require_bool, require_choice, require_float, requ
 from recneg.errors import ConfigError, DataError
 from recneg.models.base import ModelView
 from recneg.registry import SAMPLERS
-from recneg.samplers.base import Negatives, Sampler, categorical_pool, uniform_pool
+from recneg.samplers.base import Negatives, Sampler, categorical_pool, scored_uniform_pool, uniform_pool
 
 PROPOSALS = {"uniform", "popularity"}
 _CHUNK = 4096  # users (or training pairs, x8) per chunk in epoch-level scoring
@@ -90,6 +90,21 @@ class _ProposalSampler(Sampler):
             return uniform_pool(index, users, n, generator, self.config.exclude_positives), None
         ids = categorical_pool(index, users, n, probs, generator, self.config.exclude_positives)
         return ids, probs[ids].log().float()
+
+    def _scored_draw(
+        self, users: Tensor, n: int, view: ModelView, generator
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """:meth:`_draw` and ``view.score`` of the pool, the uniform proposal's in one compiled pass where
+        it serves (:func:`~recneg.samplers.base.scored_uniform_pool`; the same draws and scores).
+
+        Shape: ``users [B] -> (ids [B, n], log_q [B, n] or None, scores [B, n])``.
+        """
+        if self.item_prob_ is None and self.config.exclude_positives:
+            index = self.positives(users.device)
+            pool, scores = scored_uniform_pool(index, users, n, view, generator)
+            return pool, None, scores
+        pool, log_q = self._draw(users, n, generator)
+        return pool, log_q, view.score(pool)
 
 
 def _stat(x: Tensor) -> Tensor:
@@ -200,7 +215,36 @@ class DNSMNConfig:
         _require_common(self)
 
 
+def _top_one_compiled(pool: Tensor, scores: Tensor) -> tuple[Tensor, dict[str, Tensor]] | None:
+    """DNS's choice (``ids [B, 1]``) and pool statistics in one compiled pass over ``scores [B, n]``
+    (:func:`recneg.kernels.row_max`), or ``None`` where it does not serve (not CPU float32, no numba)."""
+    from recneg import kernels
+
+    if not (
+        scores.device.type == "cpu"
+        and scores.dtype == torch.float32
+        and scores.dim() == 2
+        and scores.shape[1] > 0
+        and kernels.ready("row_max")
+    ):
+        return None
+    if pool.device.type != "cpu" or pool.dtype != torch.int64 or pool.shape != scores.shape:
+        return None
+    chosen, _, spread, gap = kernels.row_max(scores.detach().contiguous().numpy(), pool.contiguous().numpy())
+    ids = torch.from_numpy(chosen).view(-1, 1)
+    stats = {
+        "pool_score_spread": torch.tensor(spread, dtype=torch.float32),
+        "chosen_minus_pool_mean": torch.tensor(gap, dtype=torch.float32),
+    }
+    return ids, stats
+
+
 def _topk_negatives(pool: Tensor, scores: Tensor, k: int, view: ModelView, weighted: bool) -> Negatives:
+    if k == 1 and not weighted:
+        top_one = _top_one_compiled(pool, scores)
+        if top_one is not None:
+            ids, stats = top_one
+            return Negatives(emb=view.item_emb(ids), ids=ids, weight=None, stats=stats, pool_ids=pool)
     # k = 1 (DNS): one max instead of topk + max (on CPU topk over [2048, 32] took 4x a max)
     top_values, top_indices = scores.max(1, keepdim=True) if k == 1 else scores.topk(k, dim=1)
     ids = pool.gather(1, top_indices)
@@ -237,8 +281,7 @@ class DNSSampler(_ProposalSampler):
         super().__init__(config or DNSConfig())
 
     def forward(self, users: Tensor, pos: Tensor, view: ModelView, generator=None) -> Negatives:
-        pool, _ = self._draw(users, self.config.n_candidates, generator)
-        scores = view.score(pool)
+        pool, _, scores = self._scored_draw(users, self.config.n_candidates, view, generator)
         return _topk_negatives(pool, scores, 1, view, weighted=False)
 
 
@@ -265,8 +308,7 @@ class DNSMNSampler(_ProposalSampler):
         super().__init__(config or DNSMNConfig())
 
     def forward(self, users: Tensor, pos: Tensor, view: ModelView, generator=None) -> Negatives:
-        pool, _ = self._draw(users, self.config.n_candidates, generator)
-        scores = view.score(pool)
+        pool, _, scores = self._scored_draw(users, self.config.n_candidates, view, generator)
         return _topk_negatives(pool, scores, self.config.n_selected, view, weighted=True)
 
 
@@ -337,8 +379,7 @@ class SoftmaxVSampler(_ProposalSampler):
         super().__init__(config or SoftmaxVConfig())
 
     def forward(self, users: Tensor, pos: Tensor, view: ModelView, generator=None) -> Negatives:
-        pool, log_q = self._draw(users, self.config.n_candidates, generator)
-        scores = view.score(pool)
+        pool, log_q, scores = self._scored_draw(users, self.config.n_candidates, view, generator)
         with torch.no_grad():
             pos_score = (view.user_emb.detach() * view.pos_emb.detach()).sum(-1, keepdim=True)
             losses = F.softplus(scores - pos_score)
