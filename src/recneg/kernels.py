@@ -563,6 +563,8 @@ def _adam_catch_up(table, exp_avg, exp_avg_sq, synced, ids, upto, constants):
         if synced[row] < upto and behind[row] == 0:
             behind[row] = 1
             count += 1
+    if count == 0:  # (the rows were read, and brought up to date, earlier in the step)
+        return 0, 0
     rows = np.empty(count, dtype=np.int64)
     froms = np.empty(count, dtype=np.int64)
     listed = 0
