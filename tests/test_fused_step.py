@@ -321,9 +321,11 @@ def test_long_gaps_are_summed_in_closed_form_where_the_series_converges(route):
     moved once, in closed form. Row 5 has one parameter with ``v`` so small that the series would
     converge too slowly: that one is replayed step by step, the others summed. Row 1 has three such
     parameters (more than an eighth of the row): the whole row is replayed step by step. A parameter with
-    ``m = 0``, ``v > 0`` does not move; row 2 has moments of zero and stays. Rows that started at other
-    steps (3 at step 100, 4 at 299) read the sums of their own starting step. Displacements are checked
-    to float32's rounding of the parameter: 2 ulp for one update, 50 ulp for 300 updates one by one."""
+    ``m = 0``, ``v > 0`` does not move; row 2 has moments of zero and stays; row 6, summed in closed
+    form, has parameters with ``m = 0`` (``v`` zero or not) that stay beside others that move. Rows that
+    started at other steps (3 at step 100, 4 at 299) read the sums of their own starting step.
+    Displacements are checked to float32's rounding of the parameter: 2 ulp for one update, 50 ulp for
+    300 updates one by one."""
     pytest.importorskip("numba")
     from recneg.kernels import DeferredAdam
 
@@ -337,9 +339,10 @@ def test_long_gaps_are_summed_in_closed_form_where_the_series_converges(route):
     v[1, :3] = [1e-16, 4e-15, 1e-14]  # u = 1, 0.16, 0.1
     v[5, 0], m[5, 0], m[5, 1] = 1e-16, 1e-9, 0.0
     m[1, 3], m[2], v[2] = 0.0, 0.0, 0.0
+    m[6, :4], v[6, :2] = 0.0, 0.0
     lrs = 1e-2 * (1.0 + 0.5 * np.sin(np.arange(n_steps)))
     deferred = DeferredAdam(8)
-    deferred.FLUSH_FRACTION = 8 if route == "whole table" else 1  # 6 of 8 rows read: whole table or not
+    deferred.FLUSH_FRACTION = 8 if route == "whole table" else 1  # 7 of 8 rows read: whole table or not
     deferred.start(start, (beta1, beta2, eps, 0.0))
     expect = [[x[r].astype(np.float64) for x in (table, m, v)] for r in range(8)]
     joined = {3: 100, 4: 299}  # row -> the step a batch last brought it to (its values as they are now)
@@ -356,8 +359,8 @@ def test_long_gaps_are_summed_in_closed_form_where_the_series_converges(route):
     for row, at in joined.items():
         deferred.synced[row] = at
     before = table.copy()
-    deferred.catch_up(table, m, v, np.array([0, 1, 2, 3, 4, 5], dtype=np.int64))
-    for row in range(6):
+    deferred.catch_up(table, m, v, np.array([0, 1, 2, 3, 4, 5, 6], dtype=np.int64))
+    for row in range(7):
         moved, want_moved = table[row].astype(np.float64) - before[row], expect[row][0] - before[row]
         ulps = 50 if row == 1 else 2
         error = np.abs(moved - want_moved) - 1e-5 * np.abs(want_moved)
@@ -366,9 +369,11 @@ def test_long_gaps_are_summed_in_closed_form_where_the_series_converges(route):
             np.testing.assert_allclose(got, want, rtol=1e-5)
     assert (table[0] != before[0]).all() and (table[5, 2:] != before[5, 2:]).all()  # the rows did move
     assert table[1, 3] == before[1, 3] and table[5, 1] == before[5, 1]  # m = 0: not moved
+    assert (table[6, :4] == before[6, :4]).all() and (table[6, 4:] != before[6, 4:]).all()
+    assert not m[6, :4].any() and not v[6, :2].any()
     assert table[2].tolist() == before[2].tolist() and not m[2].any()
     assert deferred.rows_one_by_one == 2  # rows 1 and 5
-    assert deferred.rows_caught_up == (8 if route == "whole table" else 6)
+    assert deferred.rows_caught_up == (8 if route == "whole table" else 7)
 
 
 def test_step_by_step_replay_agrees_with_the_closed_form():

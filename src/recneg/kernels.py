@@ -461,6 +461,18 @@ def _replay_row_in_closed_form(arrays, constants, row, first, last, pending):
         return 0
     if n_slow * 8 > dim:  # early in training: the whole row step by step, vectorised, is cheaper
         return -1
+    if n_slow == 0:  # the usual case: every moving parameter in closed form, in one branch-free loop
+        tiny = np.float32(1e-30)  # (a parameter with m = 0 does not move; its 1/sqrt(v) is not used)
+        for k in range(dim):
+            m, v = exp_avg[row, k], exp_avg_sq[row, k]
+            inv_root = np.float32(1.0) / np.sqrt(max(v, tiny))
+            u = eps32 * inv_root
+            total = s0 - u * (s1 - u * (s2 - u * (s3 - u * (s4 - u * (s5 - u * (s6 - u * s7))))))
+            p = table[row, k]
+            table[row, k] = p - m * inv_root * total if m != 0.0 else p
+            exp_avg[row, k] = m * decay1
+            exp_avg_sq[row, k] = v * decay2
+        return 0
     n_pending = 0
     for k in range(dim):
         m, v = exp_avg[row, k], exp_avg_sq[row, k]
