@@ -180,7 +180,7 @@ def _redraw_positives_compiled(
         return False
     bits_np, users_np, pool_np = arrays
     hits = kernels.bitmap_contains(bits_np, users_np, pool_np, index.n_users, index.n_items)
-    _redraw_hits(index, users, users_np, pool_np, np.flatnonzero(hits), draw, max_rounds)
+    _redraw_hits(index, users, bits_np, users_np, pool_np, np.flatnonzero(hits), draw, max_rounds)
     return True
 
 
@@ -204,6 +204,7 @@ def _compiled_bitmap_arrays(
 def _redraw_hits(
     index: PositiveIndex,
     users: Tensor,
+    bits_np: np.ndarray,
     users_np: np.ndarray,
     pool_np: np.ndarray,
     bad: np.ndarray,
@@ -211,7 +212,8 @@ def _redraw_hits(
     max_rounds: int,
 ) -> None:
     """Redraw, in place, the entries ``bad`` (flat positions) of ``pool_np [B, n]``, and those of the new
-    draws that are positives again, until none is: :func:`_redraw_positives`'s loop, in numpy."""
+    draws that are positives again (``bits_np``: the pair bitmap), until none is: :func:`_redraw_positives`'s
+    loop, in numpy."""
     from recneg import kernels
 
     if not bad.size:
@@ -219,7 +221,6 @@ def _redraw_hits(
     check_negatives_exist(index, users)
     n = pool_np.shape[1]
     flat = pool_np.reshape(-1)
-    bits_np = index.bitmap().numpy()  # type: ignore[union-attr]
     rows = users_np[bad // n]
     rounds = 0
     while bad.size:
@@ -310,7 +311,7 @@ def scored_uniform_pool(
     )
     bad = np.flatnonzero(hits)
     if bad.size:
-        _redraw_hits(index, users, users_np, pool_np, bad, draw, max_rounds)
+        _redraw_hits(index, users, bits_np, users_np, pool_np, bad, draw, max_rounds)
         fresh = torch.from_numpy(pool_np.reshape(-1)[bad])
         view.read("item", fresh)
         rows = bad // n
