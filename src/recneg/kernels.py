@@ -30,7 +30,8 @@ trainer refuses ``online_sgd`` with a ``ConfigError``.
 
 ``score_rows`` scores candidate rows for the samplers (:func:`recneg.models.base.score_rows`), reading the
 table's rows in place instead of gathering them; ``bitmap_contains`` tests candidates against the training
-positives (:meth:`recneg.data.interactions.PositiveIndex.contains`).
+positives (:meth:`recneg.data.interactions.PositiveIndex.contains`); ``check_and_score`` does both in one
+pass (:func:`recneg.samplers.base.scored_uniform_pool`), and ``row_max`` keeps DNS's top candidate.
 """
 
 from __future__ import annotations
