@@ -257,12 +257,17 @@ def test_the_one_pass_top_candidate_and_statistics_equal_torchs():
     assert gap == pytest.approx(((3.0 - 1.25) + 0.0 + (-0.5 + 2.125)) / 3)  # max − mean per row
 
 
-def test_dns_takes_the_same_negatives_and_statistics_with_or_without_the_one_pass_kernels(small_split):
+@pytest.mark.parametrize("model_name", ["mf", "lightgcn"])
+def test_dns_takes_the_same_negatives_and_statistics_with_or_without_the_one_pass_kernels(
+    small_split, model_name
+):
+    """On MF's tables and on LightGCN's propagated ones (both views score with the compiled scorer)."""
     pytest.importorskip("numba")
     from recneg.samplers import hard
 
     torch.manual_seed(0)
-    model = recneg.build_model("mf", small_split.train, dim=8)
+    model = recneg.build_model(model_name, small_split.train, dim=8)
+    assert base.compiled_scoring_tables(model.view(torch.tensor([0]), torch.tensor([0]))) is not None
     sampler = recneg.build_sampler("dns", n_candidates=16).bind(small_split.train)
     users = torch.as_tensor(small_split.train.users[:300])
     pos = torch.as_tensor(small_split.train.items[:300])
@@ -281,3 +286,24 @@ def test_dns_takes_the_same_negatives_and_statistics_with_or_without_the_one_pas
 def _two_pass_pool(index, users, n, view, generator=None, max_rounds=10000):
     pool = uniform_pool(index, users, n, generator, True, max_rounds)
     return pool, view.score(pool)
+
+
+def test_compiled_scoring_tables_step_aside_where_view_score_would_not_use_the_compiled_scorer(small_split):
+    pytest.importorskip("numba")
+    model = recneg.build_model("mf", small_split.train, dim=8)
+    users, pos = torch.tensor([0, 1]), torch.tensor([0, 1])
+    assert base.compiled_scoring_tables(model.view(users, pos)) is not None
+    previous = base.use_compiled_scorer(False)
+    try:
+        assert base.compiled_scoring_tables(model.view(users, pos)) is None
+    finally:
+        base.use_compiled_scorer(previous)
+
+    class OwnScores(base.TableView):  # a view that scores its own way is left to do so
+        def score(self, ids):
+            return super().score(ids) * 2.0
+
+    view = model.view(users, pos)
+    view.__class__ = OwnScores
+    assert base.compiled_scoring_tables(view) is None
+    assert base.compiled_scoring_tables(model.double().view(users, pos)) is None  # float64 tables
