@@ -723,10 +723,11 @@ def _check_and_score(bits, users, ids, user_emb, table, n_users, n_items, scores
 
     ``scores[b, c] = ⟨user_emb[b], table[ids[b, c]]⟩``; ``hits[b, c] = 1`` where the pair
     ``(users[b], ids[b, c])`` has its bit set in ``bits`` (``[1, n_bytes]``, the bitmap as one row, so that
-    its bytes can be prefetched), else 0. Each candidate costs two cache misses (its bitmap byte, its
-    row); both are prefetched a few candidates ahead. Shapes: ``users [B]``, ``ids [B, c]`` int64,
-    ``user_emb [B, d]``, ``table [n_items, d]`` float32, ``scores [B, c]`` float32, ``hits [B, c]``
-    uint8. Returns how many pairs lie outside the id space ``n_users × n_items`` (left unset).
+    its bytes can be prefetched), else 0. Each candidate costs two reads at random (its bitmap byte, its
+    row's cache lines); both are prefetched a few candidates ahead. Shapes: ``users [B]``, ``ids [B, c]``
+    int64, ``user_emb [B, d]``, ``table [n_items, d]`` float32, ``scores [B, c]`` float32,
+    ``hits [B, c]`` uint8. Returns how many pairs lie outside the id space ``n_users × n_items`` (left
+    unset).
     """
     batch, n_cand = ids.shape
     bad = 0
@@ -784,8 +785,8 @@ def check_and_score(
 def _row_max(scores, ids, best_id, best):
     """Per row of ``scores [B, c]``: the candidate ``ids [B, c]`` at the first index of its largest entry (of
     its first NaN, if any, as ``torch.max`` takes) into ``best_id [B]`` int64, and that entry into
-    ``best [B]`` float32. Returns
-    ``(Σ_b (max_b − min_b), Σ_b (max_b − mean_b))`` in float64 (DNS's pool statistics)."""
+    ``best [B]`` float32. Returns ``(Σ_b (max_b − min_b), Σ_b (max_b − mean_b))`` in float64 (DNS's pool
+    statistics)."""
     batch, n_cand = scores.shape
     spread = 0.0
     gap = 0.0

@@ -245,7 +245,7 @@ class TableView(ModelView):
     @property
     def user_emb(self) -> Tensor:
         if self._user_emb is None:
-            self._read("user", self.users)
+            self.read("user", self.users)
             with torch.set_grad_enabled(self._grad_enabled):
                 self._user_emb = _rows(self.user_table, self.users, self.sparse)
         return self._user_emb
@@ -257,7 +257,7 @@ class TableView(ModelView):
     @property
     def pos_emb(self) -> Tensor:
         if self._pos_emb is None:
-            self._read("item", self.pos)
+            self.read("item", self.pos)
             with torch.set_grad_enabled(self._grad_enabled):
                 self._pos_emb = _rows(self.item_table, self.pos, self.sparse)
         return self._pos_emb
@@ -273,8 +273,6 @@ class TableView(ModelView):
         if self.before_read is not None:
             self.before_read(which, ids)
 
-    _read = read
-
     def _build_layer_tables(self) -> None:
         if self._item_layer_table is None and self._layer_tables is not None:
             self._user_layer_table, self._item_layer_table = self._layer_tables()
@@ -282,19 +280,19 @@ class TableView(ModelView):
     @property
     def user_layer_table(self) -> Tensor | None:
         """``[n_users, L+1, d]`` per-layer user table, built on first use when the model gave a builder."""
-        self._read("user", None)
+        self.read("user", None)
         self._build_layer_tables()
         return self._user_layer_table
 
     @property
     def item_layer_table(self) -> Tensor | None:
         """``[n_items, L+1, d]`` per-layer item table, built on first use when the model gave a builder."""
-        self._read("item", None)
+        self.read("item", None)
         self._build_layer_tables()
         return self._item_layer_table
 
     def item_emb(self, ids: Tensor) -> Tensor:
-        self._read("item", ids)
+        self.read("item", ids)
         rows = _rows(self.item_table, ids, self.sparse)
         self._last_item_emb = (ids, rows)
         return rows
@@ -306,19 +304,19 @@ class TableView(ModelView):
             last = getattr(self, "_last_item_emb", None)
             if last is not None and last[0] is ids:
                 return last[1]
-        self._read("item", ids)
+        self.read("item", ids)
         return _rows(self.item_ego_table, ids, self.sparse)
 
     def score(self, ids: Tensor) -> Tensor:
         user_emb = self.user_emb
-        self._read("item", ids)
+        self.read("item", ids)
         return score_rows(self.item_table, user_emb, ids)
 
     @property
     def user_ego(self) -> Tensor:
         if self.user_ego_table is self.user_table:
             return self.user_emb
-        self._read("user", self.users)
+        self.read("user", self.users)
         return _rows(self.user_ego_table, self.users, self.sparse)
 
     def item_layers(self, ids: Tensor) -> Tensor:
@@ -327,7 +325,7 @@ class TableView(ModelView):
             return super().item_layers(ids)
         if self.sparse:  # one layer (MF): the pooled rows are the layer
             return self.item_emb(ids).unsqueeze(-2)
-        self._read("item", ids)
+        self.read("item", ids)
         return _rows(self._item_layer_table, ids)
 
     @property
@@ -337,11 +335,11 @@ class TableView(ModelView):
             return super().item_layers(self.users)
         if self.sparse:
             return self.user_emb.unsqueeze(-2)
-        self._read("user", self.users)
+        self.read("user", self.users)
         return self._user_layer_table[self.users]
 
     def all_items(self) -> Tensor:
-        self._read("item", None)
+        self.read("item", None)
         return self.item_table
 
 
