@@ -181,10 +181,9 @@ def test_one_pass_test_and_score_equals_the_two_passes(small_split):
     user_emb = torch.randn(300, 16, generator=gen)
     ids = torch.randint(0, index.n_items, (300, 9), generator=gen)
     ids[:, 3] = torch.as_tensor(train.items[:300])  # a known positive in every row
-    bits, user_filter = index._bitmap().numpy(), index.user_filter()
-    assert user_filter is not None
+    bits = index._bitmap().numpy()
     scores, hits = kernels.check_and_score(
-        bits, user_filter, users.numpy(), ids.numpy(), user_emb.numpy(), table.numpy(), index.n_users
+        bits, users.numpy(), ids.numpy(), user_emb.numpy(), table.numpy(), index.n_users
     )
     assert hits.dtype == bool and bool(hits[:, 3].all())
     assert torch.equal(torch.from_numpy(hits), _tensor_contains(index, users.unsqueeze(1), ids))
@@ -194,65 +193,14 @@ def test_one_pass_test_and_score_equals_the_two_passes(small_split):
     # a hand-computed case: user 0 has item 1 (of 2); ⟨(1, 2), (3, 4)⟩ = 11, ⟨(1, 2), (0, -1)⟩ = -2
     one = np.zeros(1, dtype=np.uint8)
     one[0] = 1 << 1  # pair (0, 1): bit q = 0 · 2 + 1
-    one_filter = kernels.build_user_filter(np.array([0, 1]), np.array([1]))
     small = np.array([[3.0, 4.0], [0.0, -1.0]], dtype=np.float32)
     got, hit = kernels.check_and_score(
-        one,
-        one_filter,
-        np.array([0]),
-        np.array([[0, 1, 0]]),
-        np.array([[1.0, 2.0]], dtype=np.float32),
-        small,
-        1,
+        one, np.array([0]), np.array([[0, 1, 0]]), np.array([[1.0, 2.0]], dtype=np.float32), small, 1
     )
     assert got.tolist() == [[11.0, -2.0, 11.0]] and hit.tolist() == [[False, True, False]]
     for bad_users, bad_ids in ((np.array([1]), np.array([[0, 1]])), (np.array([0]), np.array([[0, 2]]))):
         with pytest.raises(IndexError, match="lie outside the id space 1 × 2"):
-            kernels.check_and_score(
-                one, one_filter, bad_users, bad_ids, np.ones((1, 2), dtype=np.float32), small, 1
-            )
-
-
-def test_the_user_filter_holds_every_positive_and_few_others(small_split):
-    """``PositiveIndex.user_filter``: a line per 32 positives of a user, none for a user without any; no
-    positive missed (else a positive could be drawn as a negative); few false alarms, which the bitmap
-    then rules out. With a bitmap of ones, ``check_and_score`` reports what the filter may hold."""
-    pytest.importorskip("numba")
-    index = _positives(small_split)
-    start, lines = index.user_filter()
-    degree = index.degree.numpy()
-    assert (np.diff(start) == (degree + 31) // 32).all() and lines.shape == (start[-1], 8)
-    assert index.user_filter()[1] is lines  # built once
-    all_ones = np.full_like(index._bitmap().numpy(), 255)
-    table, n = np.zeros((index.n_items, 4), dtype=np.float32), index.n_items
-    users = np.repeat(np.arange(index.n_users), n)  # every pair of the id space, one row per pair
-    _, may_hold = kernels.check_and_score(
-        all_ones,
-        (start, lines),
-        users,
-        np.tile(np.arange(n), index.n_users).reshape(-1, 1),
-        np.zeros((len(users), 4), dtype=np.float32),
-        table,
-        index.n_users,
-    )
-    positive = _tensor_contains(
-        index, torch.as_tensor(users), torch.as_tensor(np.tile(np.arange(n), index.n_users))
-    )
-    positive = positive.numpy()
-    assert may_hold[positive].all()  # no false negatives
-    false_alarms = may_hold[~positive].mean()
-    assert 0.0 < false_alarms < 0.1, false_alarms  # some, and few
-    assert not may_hold[np.isin(users, np.flatnonzero(degree == 0))].any()  # users without positives
-    with pytest.raises(ValueError, match="covers"):
-        kernels.check_and_score(
-            all_ones,
-            (start[:-1], lines),
-            users[:1],
-            np.zeros((1, 1), dtype=np.int64),
-            np.zeros((1, 4), dtype=np.float32),
-            table,
-            index.n_users,
-        )
+            kernels.check_and_score(one, bad_users, bad_ids, np.ones((1, 2), dtype=np.float32), small, 1)
 
 
 def _read_log(view):

@@ -82,8 +82,7 @@ def compiled(name: str) -> Any:
         inline = numba.njit(cache=True, nogil=True, inline="always")
         globals()["_prefetch"] = _make_prefetch()
         helpers = ("_adam_constants", "_adam_element", "_replay_row_in_closed_form", "_replay_row")
-        inlined = ("_prefetch_row", "_row_dot", "_filter_hash", "_filter_may_hold", *helpers)
-        for helper in inlined:  # called by the kernels below
+        for helper in ("_prefetch_row", "_row_dot", *helpers):  # called by the kernels below
             globals()[helper] = inline(globals()[helper])
         _COMPILED.update(
             # its 64-term dot products vectorise when they may reassociate (as online SGD's)
@@ -102,7 +101,6 @@ def compiled(name: str) -> Any:
                 _check_and_score
             ),
             row_max=jit(_row_max),
-            build_user_filter=numba.njit(cache=True, nogil=True)(_build_user_filter),
             online_sgd_bpr=numba.njit(cache=True, nogil=True, parallel=True, fastmath=fast)(_online_sgd_bpr),
         )
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
@@ -179,13 +177,7 @@ def ready(name: str) -> bool:
             "score_rows": lambda: score_rows(f32, f32.copy(), i64),
             "bitmap_contains": lambda: bitmap_contains(np.zeros(1, dtype=np.uint8), i64[0], i64, 1, 1),
             "check_and_score": lambda: check_and_score(
-                np.zeros(1, dtype=np.uint8),
-                build_user_filter(np.zeros(2, dtype=np.int64), i64[0][:0]),
-                i64[0],
-                i64,
-                f32,
-                f32.copy(),
-                1,
+                np.zeros(1, dtype=np.uint8), i64[0], i64, f32, f32.copy(), 1
             ),
             "row_max": lambda: row_max(f32, i64),
         }
@@ -726,76 +718,16 @@ def _score_rows(table, user_emb, ids, out):
     return bad
 
 
-#: positives per 64-byte line of a user's filter (:func:`build_user_filter`): 16 bits each, two set
-FILTER_ITEMS_PER_LINE = 32
-
-
-def _filter_hash(item):
-    """The 64-bit hash of an item id that places it in a user's filter (line and two bits)."""
-    z = np.uint64(item) * np.uint64(0x9E3779B97F4A7C15)
-    return z ^ (z >> np.uint64(31))
-
-
-def _filter_may_hold(start, lines, user, item):
-    """Whether ``user``'s filter (lines ``start[user] … start[user + 1]``) may hold ``item``: False means
-    certainly not a positive; True, a positive or (a few %) a false alarm."""
-    first = start[user]
-    n_lines = start[user + 1] - first
-    if n_lines == 0:
-        return False
-    z = _filter_hash(item)
-    line = first + np.int64((z >> np.uint64(40)) % np.uint64(n_lines))
-    bit1 = z & np.uint64(511)
-    bit2 = (z >> np.uint64(9)) & np.uint64(511)
-    word1 = lines[line, bit1 >> np.uint64(6)] >> (bit1 & np.uint64(63))
-    word2 = lines[line, bit2 >> np.uint64(6)] >> (bit2 & np.uint64(63))
-    return ((word1 & word2) & np.uint64(1)) != 0
-
-
-def _build_user_filter(indptr, indices, start, lines):
-    """Fill ``lines [start[-1], 8]`` uint64 (zero on entry): each user's positives ``indices[indptr[u] :
-    indptr[u + 1]]`` set two bits in one of the user's ``start[u + 1] − start[u]`` lines."""
-    for user in range(len(indptr) - 1):
-        first = start[user]
-        n_lines = start[user + 1] - first
-        for p in range(indptr[user], indptr[user + 1]):
-            z = _filter_hash(indices[p])
-            line = first + np.int64((z >> np.uint64(40)) % np.uint64(n_lines))
-            bit1 = z & np.uint64(511)
-            bit2 = (z >> np.uint64(9)) & np.uint64(511)
-            lines[line, bit1 >> np.uint64(6)] |= np.uint64(1) << (bit1 & np.uint64(63))
-            lines[line, bit2 >> np.uint64(6)] |= np.uint64(1) << (bit2 & np.uint64(63))
-
-
-def build_user_filter(indptr: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A per-user Bloom filter of the positives in CSR form (``indptr [n_users + 1]``, ``indices [nnz]``):
-    ``(start [n_users + 1] int64, lines [n_lines, 8] uint64)``, user ``u`` owning lines
-    ``start[u] … start[u + 1]`` (one 64-byte line per :data:`FILTER_ITEMS_PER_LINE` positives, none for a
-    user without positives), each positive setting two of the 512 bits of one of them.
-
-    A test reads one line of the user's few (the pair bitmap reads one line per item tested, anywhere in
-    the user's ``n_items / 8`` bytes): a batch's candidates cost a few lines per user instead of one each.
-    No false negatives; the few candidates it may hold are confirmed in the bitmap
-    (:func:`check_and_score`). Gowalla: 2.5 MB (the bitmap: 153 MB)."""
-    degree = np.diff(indptr)
-    start = np.zeros(len(indptr), dtype=np.int64)
-    np.cumsum((degree + FILTER_ITEMS_PER_LINE - 1) // FILTER_ITEMS_PER_LINE, out=start[1:])
-    lines = np.zeros((int(start[-1]), 8), dtype=np.uint64)
-    compiled("build_user_filter")(indptr.astype(np.int64), indices.astype(np.int64), start, lines)
-    return start, lines
-
-
-def _check_and_score(bits, start, lines, users, ids, user_emb, table, n_users, n_items, scores, hits):
+def _check_and_score(bits, users, ids, user_emb, table, n_users, n_items, scores, hits):
     """:func:`_score_rows` and :func:`_bitmap_contains` of the same candidates in one pass.
 
     ``scores[b, c] = ⟨user_emb[b], table[ids[b, c]]⟩``; ``hits[b, c] = 1`` where the pair
-    ``(users[b], ids[b, c])`` has its bit set in the pair bitmap ``bits``, else 0. The user's filter
-    (``start``, ``lines``: :func:`build_user_filter`) is asked first, and only the candidates it may hold
-    (a few %) are looked up in the bitmap: a candidate then costs its row's cache lines read at random
-    (prefetched a few candidates ahead) and a line of its user's filter, mostly cached. Shapes:
-    ``users [B]``, ``ids [B, c]`` int64, ``user_emb [B, d]``, ``table [n_items, d]`` float32,
-    ``scores [B, c]`` float32, ``hits [B, c]`` uint8. Returns how many pairs lie outside the id space
-    ``n_users × n_items`` (left unset).
+    ``(users[b], ids[b, c])`` has its bit set in ``bits`` (``[1, n_bytes]``, the bitmap as one row, so that
+    its bytes can be prefetched), else 0. Each candidate costs two reads at random (its bitmap byte, its
+    row's cache lines); both are prefetched a few candidates ahead. Shapes: ``users [B]``, ``ids [B, c]``
+    int64, ``user_emb [B, d]``, ``table [n_items, d]`` float32, ``scores [B, c]`` float32,
+    ``hits [B, c]`` uint8. Returns how many pairs lie outside the id space ``n_users × n_items`` (left
+    unset).
     """
     batch, n_cand = ids.shape
     bad = 0
@@ -805,30 +737,29 @@ def _check_and_score(bits, start, lines, users, ids, user_emb, table, n_users, n
             bad += n_cand
             continue
         for c in range(n_cand):
-            ahead = c + PREFETCH_AHEAD  # as in _score_rows
+            ahead = c + PREFETCH_AHEAD  # as in _score_rows, with the owner of that candidate
             nxt = -1
+            owner = u
             if ahead < n_cand:
                 nxt = ids[b, ahead]
             elif b + 1 < batch and ahead - n_cand < n_cand:
                 nxt = ids[b + 1, ahead - n_cand]
-            if nxt >= 0 and nxt < n_items:
+                owner = users[b + 1]
+            if nxt >= 0 and nxt < n_items and owner >= 0 and owner < n_users:
                 _prefetch_row(table, np.uint64(nxt))
+                _prefetch(bits, 0, np.uint64((owner * n_items + nxt) >> 3))
             j = ids[b, c]
             if j < 0 or j >= n_items:
                 bad += 1
                 continue
-            hit = 0
-            if _filter_may_hold(start, lines, u, j):
-                q = u * n_items + j
-                hit = (bits[q >> 3] >> (q & 7)) & 1
-            hits[b, c] = hit
+            q = u * n_items + j
+            hits[b, c] = (bits[0, q >> 3] >> (q & 7)) & 1
             scores[b, c] = _row_dot(user_emb, b, table, np.uint64(j))
     return bad
 
 
 def check_and_score(
     bits: np.ndarray,
-    user_filter: tuple[np.ndarray, np.ndarray],
     users: np.ndarray,
     ids: np.ndarray,
     user_emb: np.ndarray,
@@ -837,19 +768,15 @@ def check_and_score(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scores of candidates ``ids [B, c]`` (``[B, c]`` float32, as :func:`score_rows`) and whether each is a
     positive of its row's user in the pair bitmap ``bits`` (``[B, c]`` bool, as :func:`bitmap_contains`,
-    with ``n_items = len(table)``), in one pass over the candidates; ``user_filter`` is
-    :func:`build_user_filter` of the same positives.
+    with ``n_items = len(table)``), in one pass over the candidates.
 
     Raises ``IndexError`` for ids outside the id space.
     """
     n_items = table.shape[0]
-    start, lines = user_filter
-    if len(start) != n_users + 1:
-        raise ValueError(f"the user filter covers {len(start) - 1} users, the id space {n_users}")
     scores = np.empty(ids.shape, dtype=np.float32)
     hits = np.zeros(ids.shape, dtype=np.uint8)
     check = compiled("check_and_score")
-    bad = check(bits, start, lines, users, ids, user_emb, table, n_users, n_items, scores, hits)
+    bad = check(bits.reshape(1, -1), users, ids, user_emb, table, n_users, n_items, scores, hits)
     if bad:
         raise IndexError(f"{bad} (user, candidate) pairs lie outside the id space {n_users} × {n_items}")
     return scores, hits.view(np.bool_)
@@ -1379,7 +1306,6 @@ __all__ = [
     "AdamState",
     "DeferredAdam",
     "bitmap_contains",
-    "build_user_filter",
     "check_and_score",
     "compiled",
     "online_sgd_bpr",

@@ -41,7 +41,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from recneg.errors import ConfigError
@@ -366,12 +365,9 @@ def index_bytes(parts, device: torch.device | str = "cpu") -> int:
 
     Per part not yet indexed on ``device``: sorted keys, CSR arrays and degrees (int64) plus the membership
     bitmap of ``n_users × n_items`` bits (at most ``PositiveIndex.bitmap_max_bytes``), which the samplers
-    (train) and the evaluation (valid, test) build on first use and keep, and with the bitmap the per-user
-    filter of the candidate samplers (:meth:`~recneg.data.interactions.PositiveIndex.user_filter`: a
-    64-byte line per 32 positives of a user).
+    (train) and the evaluation (valid, test) build on first use and keep.
     """
     from recneg.data.interactions import PositiveIndex
-    from recneg.kernels import FILTER_ITEMS_PER_LINE
 
     device = torch.device(device)
     total = 0
@@ -379,19 +375,13 @@ def index_bytes(parts, device: torch.device | str = "cpu") -> int:
         if part is None:
             continue
         bitmap = (part.n_users * part.n_items + 7) // 8
-        user_filter = 0
-        if bitmap <= PositiveIndex.bitmap_max_bytes:
-            degree = np.diff(part.csr.indptr)
-            lines = int(((degree + FILTER_ITEMS_PER_LINE - 1) // FILTER_ITEMS_PER_LINE).sum())
-            user_filter = 64 * lines + I64 * (part.n_users + 1)
-        else:
-            bitmap = 0
+        bitmap = bitmap if bitmap <= PositiveIndex.bitmap_max_bytes else 0
         cached = getattr(part, "_device_cache", {}).get(str(device))
         if cached is None:
             nnz = int(part.csr.nnz)
-            total += nnz * I64 * 2 + part.n_users * I64 * 2 + bitmap + user_filter
-        else:
-            total += (bitmap if cached._bits is None else 0) + (user_filter if cached._filter is None else 0)
+            total += nnz * I64 * 2 + part.n_users * I64 * 2 + bitmap
+        elif cached._bits is None:
+            total += bitmap
     return int(total)
 
 

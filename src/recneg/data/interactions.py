@@ -180,8 +180,6 @@ class PositiveIndex:
     # None: not built yet; False: too large to build; else the packed bitmap [ceil(n_users*n_items/8)] uint8
     _bits: torch.Tensor | bool | None = field(default=None, repr=False)
     _full_users: bool | None = field(default=None, repr=False)
-    # None: not built yet; else recneg.kernels.build_user_filter's (start, lines) of the pairs
-    _filter: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def has_full_users(self) -> bool:
@@ -259,19 +257,6 @@ class PositiveIndex:
         ``q >> 3`` for ``q = u · n_items + i``; built on first use), or ``None`` when it would take more
         than :attr:`bitmap_max_bytes`."""
         return self._bitmap()
-
-    def user_filter(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """A per-user Bloom filter of the pairs (:func:`recneg.kernels.build_user_filter`; built on first
-        use, CPU numpy arrays), with which the compiled candidate test reads one line of a user's filter
-        instead of one line of the bitmap per candidate; ``None`` without numba or the bitmap it confirms
-        in."""
-        from recneg import kernels
-
-        if self._filter is None:
-            if not kernels.AVAILABLE or self._bitmap() is None:
-                return None
-            self._filter = kernels.build_user_filter(self.indptr.cpu().numpy(), self.indices.cpu().numpy())
-        return self._filter
 
     def _bitmap(self) -> torch.Tensor | None:
         if self._bits is None:

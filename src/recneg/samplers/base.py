@@ -276,8 +276,7 @@ def scored_uniform_pool(
     The same draws and the same scores as those two calls. Where the compiled kernels serve (CPU, the pair
     bitmap, a :class:`~recneg.models.base.TableView` scoring with the compiled scorer), the candidates are
     tested against the positives and scored in one pass (:func:`recneg.kernels.check_and_score`): each
-    candidate's item row is fetched once, and its test reads a line of its user's filter
-    (:meth:`PositiveIndex.user_filter`), the bitmap only for the few candidates the filter may hold.
+    candidate's bitmap byte and item row are fetched together, instead of in two passes over the batch.
     The few that hit a positive are redrawn as :func:`uniform_pool` does, then scored.
 
     Shape: ``users [B] -> (pool [B, n] int64, scores [B, n] float32)``.
@@ -292,12 +291,11 @@ def scored_uniform_pool(
         return torch.randint(index.n_items, (k,), device=device, generator=generator)
 
     tables = compiled_scoring_tables(view)
-    arrays = user_filter = None
+    arrays = None
     if tables is not None:
         pool = torch.randint(index.n_items, (users.numel(), n), device=device, generator=generator)
         arrays = _compiled_bitmap_arrays(index, users, pool, "check_and_score")
-        user_filter = index.user_filter() if arrays is not None else None
-    if tables is None or arrays is None or user_filter is None:
+    if tables is None or arrays is None:
         if tables is not None:  # the same first draw, then the tensor path's exclusion and scores
             pool = _redraw_positives(index, users, pool, draw, max_rounds)
         else:
@@ -309,7 +307,7 @@ def scored_uniform_pool(
     view.read("item", pool)  # before reading the rows (a deferred optimiser brings them up to date)
     user_emb_np = user_emb.contiguous().numpy()
     scores_np, hits = kernels.check_and_score(
-        bits_np, user_filter, users_np, pool_np, user_emb_np, item_table.numpy(), index.n_users
+        bits_np, users_np, pool_np, user_emb_np, item_table.numpy(), index.n_users
     )
     bad = np.flatnonzero(hits)
     if bad.size:
