@@ -16,7 +16,8 @@ the thread count and the versions; ``benchmarks/results/suite.md`` lists what th
 Run alone, not part of the suite: ``benchmarks.scaling`` (synthetic catalogues 10⁴ → 10⁶),
 ``benchmarks.catch_up`` (deferred Adam's catch-up, closed form against step by step),
 ``benchmarks.step_profile`` (ms a step in each compiled kernel), ``benchmarks.candidate_pass`` (DNS's
-candidates tested and scored in one pass against two), ``benchmarks.mf_bpr`` and the other
+candidates tested and scored in one pass against two), ``benchmarks.epoch_ratio`` (whole trainer epochs
+against MF-uniform), ``benchmarks.mf_bpr`` and the other
 quality and reproduction scripts.
 """
 
