@@ -60,7 +60,7 @@ def main(argv=None) -> None:
     from recneg.data.datasets import load_dataset
     from recneg.samplers import hard
 
-    split = load_dataset(args.dataset, args.data_dir)
+    split = load_dataset(args.dataset, data_dir=args.data_dir, valid_ratio=0.0, download=False)
     runner = Runner(split, CONFIGS[args.config], 2048, optimizer=args.optimizer)
     uniform = Runner(split, CONFIGS["mf-uniform"], 2048, optimizer=args.optimizer)
     for _ in range(args.warm_up_steps):

@@ -49,7 +49,7 @@ def main(argv=None) -> None:
     from benchmarks.epoch_time import CONFIGS
     from recneg.data.datasets import load_dataset
 
-    split = load_dataset(args.dataset, args.data_dir)
+    split = load_dataset(args.dataset, data_dir=args.data_dir, valid_ratio=0.0, download=False)
     names = ["mf-uniform", *[c.strip() for c in args.configs.split(",") if c.strip() != "mf-uniform"]]
     trainers = {name: _trainer(split, CONFIGS[name], args.optimizer, args.threads) for name in names}
     seconds: dict[str, list[float]] = {name: [] for name in names}
