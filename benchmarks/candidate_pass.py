@@ -25,12 +25,11 @@ All three draw the same pools. Writes ``benchmarks/results/candidate_pass_<confi
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
 
-from benchmarks.common import DEFAULT_DATA, machine_stamp, publish_table
+from benchmarks.common import DEFAULT_DATA, machine_stamp, publish_table, rounds_summary
 
 
 def _two_pass_pool(index, users, n, view, generator=None, max_rounds=10000):
@@ -88,17 +87,13 @@ def main(argv=None) -> None:
             times["mf-uniform"].append(timed(uniform))
     finally:
         hard.scored_uniform_pool, hard._top_one_compiled = one_pool, one_top
-    rows = []
-    for name, ms in times.items():
-        ratios = [a / b for a, b in zip(ms, times["mf-uniform"], strict=True)]
-        rows.append(
-            {
-                "variant": name if name == "mf-uniform" else f"{args.config}: {name}",
-                "ms/step (median)": round(statistics.median(ms), 3),
-                "ms/step range": f"{min(ms):.2f}–{max(ms):.2f}",
-                "ratio to mf-uniform (median of rounds)": round(statistics.median(ratios), 3),
-            }
-        )
+    rows = [
+        {
+            "variant": name if name == "mf-uniform" else f"{args.config}: {name}",
+            **rounds_summary(ms, times["mf-uniform"], "ms/step", "mf-uniform"),
+        }
+        for name, ms in times.items()
+    ]
     description = (
         f"Batch 2048, optimizer {args.optimizer}; {args.rounds} rounds of {args.steps} steps of each variant "
         f"and of MF-uniform, back to back, after {args.warm_up_steps} training steps."

@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -56,6 +57,19 @@ def publish_table(
     )
     write_results(name, {"machine": stamp, "command": cmd, "rows": rows}, md)
     return md
+
+
+def rounds_summary(values: list[float], baseline: list[float], unit: str, against: str) -> dict:
+    """Per-round timings ``values`` beside the ``baseline`` timed in the same rounds: their median and range,
+    and the median and range of the ratio taken within each round (the machine's speed drifts between
+    rounds; a ratio within a round does not)."""
+    ratios = [v / b for v, b in zip(values, baseline, strict=True)]
+    return {
+        f"{unit} (median)": round(statistics.median(values), 3),
+        f"{unit} range": f"{min(values):.2f}–{max(values):.2f}",
+        f"ratio to {against} (median of rounds)": round(statistics.median(ratios), 3),
+        "ratio range": f"{min(ratios):.2f}–{max(ratios):.2f}",
+    }
 
 
 def md_table(rows: list[dict], columns: list[str]) -> str:

@@ -15,11 +15,10 @@ drifts by up to 2× within minutes), then the median over rounds. Writes
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
 
-from benchmarks.common import DEFAULT_DATA, machine_stamp, publish_table
+from benchmarks.common import DEFAULT_DATA, machine_stamp, publish_table, rounds_summary
 
 
 def _trainer(split, spec, optimizer: str, threads: int):
@@ -59,19 +58,14 @@ def main(argv=None) -> None:
             trainer.epoch += 1
             if round_:
                 seconds[name].append(record["train_seconds"])
-    rows = []
-    for name, times in seconds.items():
-        ratios = [t / u for t, u in zip(times, seconds["mf-uniform"], strict=True)]
-        rows.append(
-            {
-                "config": name,
-                "optimizer": args.optimizer,
-                "epoch s (median)": round(statistics.median(times), 3),
-                "epoch s range": f"{min(times):.2f}–{max(times):.2f}",
-                "ratio to mf-uniform (median of rounds)": round(statistics.median(ratios), 3),
-                "ratio range": f"{min(ratios):.2f}–{max(ratios):.2f}",
-            }
-        )
+    rows = [
+        {
+            "config": name,
+            "optimizer": args.optimizer,
+            **rounds_summary(times, seconds["mf-uniform"], "epoch s", "mf-uniform"),
+        }
+        for name, times in seconds.items()
+    ]
     description = (
         f"{split!r}; the trainer's epochs (batch 2048, optimizer {args.optimizer}), {args.rounds} rounds of "
         f"one epoch of each configuration, back to back, after one epoch each to warm up."
