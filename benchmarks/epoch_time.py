@@ -30,6 +30,8 @@ import torch
 
 import recneg
 from benchmarks.common import DEFAULT_DATA, machine_stamp, md_table, peak_rss_mb, write_results
+from recneg import kernels as compiled_kernels
+from recneg.ans_kernels import use_compiled_ans
 from recneg.config import TrainConfig
 from recneg.data.datasets import load_dataset
 from recneg.errors import ConfigError
@@ -118,11 +120,13 @@ class Runner:
         if self.kernels:
             self._step()
             return
-        previous = use_compiled_scorer(False)  # the tensor path throughout: candidates gathered, then bmm
+        # the tensor path throughout: candidates gathered, then bmm; ANS's auxiliary losses by autograd
+        previous, previous_ans = use_compiled_scorer(False), use_compiled_ans(False)
         try:
             self._step()
         finally:
             use_compiled_scorer(previous)
+            use_compiled_ans(previous_ans)
 
     def flush(self) -> None:
         """Apply dense Adam's deferred steps (as the trainer does at the end of an epoch)."""
@@ -224,6 +228,7 @@ def main(argv=None) -> None:
     device = resolve_device(args.device)
     runners = {}
     skipped: dict[str, str] = {}
+    ans_compiled_here = device.type == "cpu" and compiled_kernels.AVAILABLE  # where recneg.ans_kernels serves
     for n in list(names):
         try:
             runners[n] = Runner(
@@ -245,11 +250,15 @@ def main(argv=None) -> None:
                     twins = {f"{n} (no defer)": {"defer": False}, **twins}
                     if args.step_by_step:  # deferred steps replayed one by one instead of in closed form
                         twins = {f"{n} (step by step)": {"closed_form": False}, **twins}
-            for twin, kind in twins.items():
-                runners[twin] = Runner(
-                    split, CONFIGS[n], args.batch_size, optimizer=args.optimizer, device=device, **kind
-                )
-                runners[twin].candidates = runners[n].candidates
+        elif args.fused_step == "both" and CONFIGS[n][1] == "ans" and ans_compiled_here:
+            twins = {f"{n} (tensor)": {"kernels": False}}  # its auxiliary losses by autograd
+        else:
+            twins = {}
+        for twin, kind in twins.items():
+            runners[twin] = Runner(
+                split, CONFIGS[n], args.batch_size, optimizer=args.optimizer, device=device, **kind
+            )
+            runners[twin].candidates = runners[n].candidates
     names = list(runners)
     for r in runners.values():  # warm-up: first-use allocations, bitmap build; --warm-up-steps of training
         for _ in range(max(1, args.warm_up_steps)):

@@ -103,6 +103,18 @@ def compiled(name: str) -> Any:
             row_max=jit(_row_max),
             online_sgd_bpr=numba.njit(cache=True, nogil=True, parallel=True, fastmath=fast)(_online_sgd_bpr),
         )
+        from recneg import ans_kernels  # ANS's auxiliary losses (its own module: they are ANS's alone)
+
+        ans_kernels.numba = numba
+        ans_kernels._sigmoid = inline(ans_kernels._sigmoid)
+        _COMPILED.update(
+            ans_aux_forward=numba.njit(cache=True, nogil=True, parallel=True, fastmath=fast)(
+                ans_kernels._aux_forward
+            ),
+            ans_aux_backward=numba.njit(cache=True, nogil=True, parallel=True, fastmath=fast)(
+                ans_kernels._aux_backward
+            ),
+        )
     threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
     caller = threading.get_ident()  # numba's setting is per calling thread
     if _THREADS_SET.get(caller) != threads:
@@ -162,8 +174,15 @@ _THREADS_SET: dict[int, int] = {}
 _READY: dict[str, bool] = {}
 
 
+def _warm_up_ans_aux() -> None:
+    from recneg import ans_kernels
+
+    ans_kernels.warm_up()
+
+
 def ready(name: str) -> bool:
-    """Whether the helper kernel ``name`` (``score_rows``, ``bitmap_contains``) can run here.
+    """Whether the helper kernel ``name`` (``score_rows``, ``bitmap_contains``, ``check_and_score``,
+    ``row_max``, ``ans_aux``: both of :mod:`recneg.ans_kernels`) can run here.
 
     numba compiles on first call; :func:`ready` makes that first call once, on tiny inputs of the types the
     callers pass. If numba is missing, False; if it cannot compile here, one ``RuntimeWarning`` and False
@@ -180,6 +199,7 @@ def ready(name: str) -> bool:
                 np.zeros(1, dtype=np.uint8), i64[0], i64, f32, f32.copy(), 1
             ),
             "row_max": lambda: row_max(f32, i64),
+            "ans_aux": _warm_up_ans_aux,
         }
         try:
             warm_ups[name]()

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recneg._validation import require_bool, require_choice, require_float, require_int
+from recneg.ans_kernels import compiled_ans_serves, fused_aux_losses
 from recneg.errors import ConfigError
 from recneg.models.base import ModelView
 from recneg.registry import SAMPLERS
@@ -192,13 +193,17 @@ class ANSAugmentation(NamedTuple):
         margin: ``κ`` ``[B, M, L', 1]`` (Eq. 10), before any detach; ``None`` when unused.
         delta: ``Δ`` (Eq. 10), zeros when ``augment=False``.
         aug: ``ẽ_n = h_n + (z_n + dir ⊙ Δ)`` (Eq. 11), computed as ``e_n + dir ⊙ Δ`` (the same value).
+
+    :meth:`ANSSampler.augment` fills every field. Inside the sampler's forward, where the compiled passes
+    compute ``L_c``, ``L_d`` and the margin (:mod:`recneg.ans_kernels`), the gate and the four factors are
+    never built and are ``None``.
     """
 
-    gate: Tensor
-    hard_neg: Tensor
-    easy_neg: Tensor
-    hard_pos: Tensor
-    easy_pos: Tensor
+    gate: Tensor | None
+    hard_neg: Tensor | None
+    easy_neg: Tensor | None
+    hard_pos: Tensor | None
+    easy_pos: Tensor | None
     direction: Tensor
     margin: Tensor | None
     delta: Tensor
@@ -319,7 +324,9 @@ class ANSSampler(Sampler):
 
         ``x = h_n ⊙ h_p``; the margin layer holds ``w ∈ ℝ^d`` and ``b``.
         """
-        x = self.margin_layer(hard_neg * hard_pos)
+        return self._margin_of_logit(self.margin_layer(hard_neg * hard_pos))
+
+    def _margin_of_logit(self, x: Tensor) -> Tensor:
         return safe_reciprocal_sigmoid(x) if self.config.mode == "code" else torch.sigmoid(x)
 
     def _direction(self, pos: Tensor, e_n: Tensor, generator) -> Tensor:
@@ -382,6 +389,8 @@ class ANSSampler(Sampler):
 
     def aux_losses(self, e_u: Tensor, a: ANSAugmentation) -> tuple[Tensor, Tensor]:
         """Unweighted ``(L_c, L_d)`` (Eqs. 5 and 7) of one batch. Shape: scalars."""
+        if a.hard_neg is None or a.easy_neg is None or a.hard_pos is None or a.easy_pos is None:
+            raise ValueError("aux_losses needs the factors of ANSSampler.augment; these were not built")
         s_hard = torch.einsum("bld,bmld->bml", e_u, a.hard_neg)
         s_easy = torch.einsum("bld,bmld->bml", e_u, a.easy_neg)
         # log(1 + Σ_m exp(x_m)) = softplus(logsumexp_m x_m): the same value, without overflow
@@ -403,21 +412,34 @@ class ANSSampler(Sampler):
         losses are on; direction, margin, ``Δ`` and ``ẽ_n`` of the whole pool serve only the (detached)
         selection. BPR's gradient through the chosen candidate is rebuilt by :meth:`_chosen_negative`.
 
+        Where the auxiliary losses are needed and :func:`recneg.ans_kernels.compiled_ans_serves`, they and
+        the margin come from the compiled passes, and the gate and factors are not built.
+
         Returns:
-            ``(a, idx [B, L'], chosen_gain [B, L'], base, s_orig [B, M, L'])``: an :class:`ANSAugmentation`
-            whose factors carry gradient when the auxiliary losses need it, the chosen candidate per layer,
-            its gain, the noise ``Δ`` is built from (see :meth:`_chosen_negative`), and the candidates'
-            scores before augmentation (detached).
+            ``(a, idx [B, L'], chosen_gain [B, L'], base, s_orig [B, M, L'], aux)``: an
+            :class:`ANSAugmentation` whose factors carry gradient when the auxiliary losses need it, the
+            chosen candidate per layer, its gain, the noise ``Δ`` is built from (see
+            :meth:`_chosen_negative`), the candidates' scores before augmentation (detached), and
+            ``(L_c, L_d)`` when the compiled passes computed them (else ``None``).
         """
         cfg = self.config
         need_aux = cfg.gamma > 0 and cfg.disentangle
         pos = e_p.unsqueeze(1)
-        with torch.set_grad_enabled(need_aux and torch.is_grad_enabled()):
-            gate = self.gate(e_u, e_n)
-            hard_neg = gate * e_n
-            easy_neg = e_n - hard_neg
-            hard_pos = gate * pos
-            easy_pos = pos - hard_pos
+        aux = margin_logit = None
+        gate = hard_neg = easy_neg = hard_pos = easy_pos = None
+        if need_aux and compiled_ans_serves(e_u, e_p, e_n, self.margin_layer.weight):
+            gate_item, gate_user = self.item_gate(e_n), self.user_gate(e_u)
+            l_c, l_d, margin_logit = fused_aux_losses(
+                gate_item, gate_user, e_u, e_p, e_n, self.margin_layer, cfg.mode == "paper"
+            )
+            aux = (l_c, l_d)
+        else:
+            with torch.set_grad_enabled(need_aux and torch.is_grad_enabled()):
+                gate = self.gate(e_u, e_n)
+                hard_neg = gate * e_n
+                easy_neg = e_n - hard_neg
+                hard_pos = gate * pos
+                easy_pos = pos - hard_pos
         with torch.no_grad():
             e_n0 = e_n.detach()
             direction = self._direction(pos.detach(), e_n0, generator)
@@ -426,7 +448,10 @@ class ANSSampler(Sampler):
                 delta = torch.zeros_like(e_n0)
                 aug = e_n0
             else:
-                if cfg.regulate_magnitude:
+                if cfg.regulate_magnitude and margin_logit is not None:
+                    kappa = self._margin_of_logit(margin_logit.unsqueeze(-1))
+                elif cfg.regulate_magnitude:
+                    assert hard_neg is not None and hard_pos is not None
                     kappa = self.margin(hard_neg.detach(), hard_pos.detach())
                 base, delta = self._noise(kappa, e_n0, generator)
                 aug = e_n0 + direction * delta
@@ -438,7 +463,7 @@ class ANSSampler(Sampler):
             gain = s_aug - s_orig
             idx = (s_aug + eps * gain).argmax(dim=1)  # [B, L'] candidate chosen per layer (Eq. 13)
             chosen_gain = gain.gather(1, idx.unsqueeze(1)).squeeze(1)  # [B, L']
-        return a, idx, chosen_gain, base, s_orig
+        return a, idx, chosen_gain, base, s_orig, aux
 
     def _chosen_negative(
         self, e_u: Tensor, e_p: Tensor, e_n: Tensor, a: ANSAugmentation, idx: Tensor, base: Tensor | None
@@ -460,7 +485,7 @@ class ANSSampler(Sampler):
         if cfg.detach_margin or not torch.is_grad_enabled():
             cap = _gather_candidates(a.margin, idx)
         else:
-            if a.gate.requires_grad:
+            if a.gate is not None and a.gate.requires_grad:
                 g_c = _gather_candidates(a.gate, idx)
             else:  # the gate of the chosen rows only, with gradient (to e_n, e_u and the gate's weights)
                 g_c = self.gate(e_u, e_nc.unsqueeze(1)).squeeze(1)
@@ -479,7 +504,7 @@ class ANSSampler(Sampler):
         pool = uniform_pool(index, users, cfg.n_candidates, generator, cfg.exclude_positives)  # [B, M]
         per_layer = self.per_layer(view)
         e_u, e_p, e_n = layer_tensors(view, pool, per_layer)  # [B, L', d], [B, L', d], [B, M, L', d]
-        a, idx, chosen_gain, base, s_orig = self._augment_and_select(e_u, e_p, e_n, generator)
+        a, idx, chosen_gain, base, s_orig, compiled_aux = self._augment_and_select(e_u, e_p, e_n, generator)
         with torch.no_grad():
             chosen_ids = pool.gather(1, idx)  # [B, L'] source item per layer
             # DNS on the same pool, argmax_m <ē_u, ē_n>; with one layer that score is s_orig itself
@@ -498,7 +523,7 @@ class ANSSampler(Sampler):
 
         extra: dict[str, Tensor] = {}
         if cfg.gamma > 0 and cfg.disentangle:
-            l_c, l_d = self.aux_losses(e_u, a)
+            l_c, l_d = compiled_aux if compiled_aux is not None else self.aux_losses(e_u, a)
             aux = cfg.gamma * (l_c + l_d)
             extra.update(loss_contrastive=l_c, loss_disentangle=l_d)
         else:
