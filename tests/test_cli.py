@@ -91,6 +91,19 @@ def test_config_file_and_flag_override(tmp_path, capsys):
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
     assert saved["sampler"] == {"name": "popularity", "alpha": 0.5}
     assert saved["train"]["epochs"] == 1 and saved["train"]["batch_size"] == 512
+    assert saved["train"]["keep_freed_memory"] is True  # the default
+    args = [
+        "train",
+        "--config",
+        str(cfg),
+        "--epochs",
+        "1",
+        "--no-keep-freed-memory",
+        "--out",
+        str(tmp_path / "s"),
+    ]
+    assert main(args) == 0
+    assert json.loads((tmp_path / "s" / "config.json").read_text())["train"]["keep_freed_memory"] is False
     bad = tmp_path / "bad.toml"
     bad.write_text("[trian]\nepochs = 2\n")
     assert main(["train", "--config", str(bad)]) == 2

@@ -34,6 +34,7 @@ TRAIN_FLAGS = {
     "metric": "metric",
     "weight_decay": "weight_decay",
     "deterministic": "deterministic",
+    "keep_freed_memory": "keep_freed_memory",
     "eval_chunk": "eval_chunk",
     "logger": "logger",
 }
@@ -134,6 +135,14 @@ def _add_train_parser(sub) -> None:
         action="store_true",
         default=None,
         help="use only deterministic kernels (CUDA; CPU runs are deterministic already)",
+    )
+    g.add_argument(
+        "--no-keep-freed-memory",
+        dest="keep_freed_memory",
+        action="store_false",
+        default=None,
+        help="leave glibc's allocator settings alone (by default freed blocks up to 32 MiB are kept for "
+        "reuse: steps with large temporaries run faster, resident memory stays near its peak)",
     )
 
 

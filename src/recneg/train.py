@@ -53,6 +53,7 @@ from recneg.train_step import TrainStep, data_parallel
 from recneg.utils import (
     atomic_torch_save,
     atomic_write_text,
+    keep_freed_memory,
     resolve_device,
     safe_torch_load,
     set_deterministic,
@@ -152,6 +153,8 @@ class Trainer:
             )
         check_split(split, cold_users=False)  # one id space; every user has a negative item
         set_threads(self.config.threads)
+        if self.config.keep_freed_memory:
+            keep_freed_memory()
         set_deterministic(self.config.deterministic)
         self.device = resolve_device(trainer_device(self.dist, self.config.device))
         self.split = split
