@@ -69,9 +69,14 @@ class Runner:
         kernels: bool = True,
         defer: bool = True,
         closed_form: bool = True,
+        keep_memory: bool = True,
     ):
         from recneg.fused_step import FusedMFStep, fused_step_blocker
         from recneg.optim import make_optimizer, use_sparse_gradients
+        from recneg.utils import keep_freed_memory
+
+        if keep_memory:  # as the trainer does by default (TrainConfig.keep_freed_memory; process-wide)
+            keep_freed_memory()
 
         model_name, sampler_name, sampler_args, loss_name, loss_args = spec
         torch.manual_seed(seed)
@@ -177,6 +182,9 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=2048)
     ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument(
+        "--tag", default="", help="appended to the results' file name (a partial table beside the full one)"
+    )
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     ap.add_argument(
         "--optimizer",
@@ -317,7 +325,9 @@ def main(argv=None) -> None:
     if skipped:
         md += "\nNot run with this optimiser:\n\n" + "".join(f"- {n}: {why}\n" for n, why in skipped.items())
     write_results(
-        f"epoch_time_{args.dataset}" + ("" if args.optimizer == "adam" else f"_{args.optimizer}"),
+        f"epoch_time_{args.dataset}"
+        + ("" if args.optimizer == "adam" else f"_{args.optimizer}")
+        + (f"_{args.tag}" if args.tag else ""),
         {"machine": stamp, "command": cmd, "rows": rows, "raw_seconds_per_step": times, "skipped": skipped},
         md,
     )
@@ -381,7 +391,7 @@ def _over_processes(args, argv: list[str]) -> None:
         f"are taken within each process first.\n\nMachine: {stamp}\n\n"
         + md_table(rows, [c for c in rows[0] if c != "ms/step per process"])
     )
-    suffix = "" if args.optimizer == "adam" else f"_{args.optimizer}"
+    suffix = ("" if args.optimizer == "adam" else f"_{args.optimizer}") + (f"_{args.tag}" if args.tag else "")
     write_results(
         f"epoch_time_{args.dataset}{suffix}_{args.processes}proc",
         {"machine": stamp, "command": cmd, "rows": rows, "runs": runs},
