@@ -5,9 +5,10 @@ operations over ``[B, M, L', d]`` tensors, forward and backward, each writing a 
 took ~2/3 of an MF + ANS step on Gowalla. Here the gate ``g = σ(A ⊙ C)`` (Eq. 3, with ``A = W_item e_n +
 b_i`` and ``C = W_user e_u + b_u`` left to ``nn.Linear``), the factors, ``L_c``, ``L_d`` and the margin's
 logits ``w·(h_n ⊙ h_p) + b`` (Eq. 10, for the detached selection) are computed element by element in one
-pass over the pool, and the backward pass recomputes the gate and writes the gradients of ``A``, ``C``,
-``e_u``, ``e_p`` and ``e_n`` in one more (the gradients through ``A`` and ``C`` into the linear layers and
-the embeddings are autograd's). Same values as the tensor path to float rounding
+pass over the pool (the gate itself by torch's vectorised sigmoid, kept for the backward pass), and the
+backward pass recomputes the factors and writes the gradients of ``A``, ``C``, ``e_u``, ``e_p`` and
+``e_n`` in one more (the gradients through ``A`` and ``C`` into the linear layers and the embeddings are
+autograd's). Same values as the tensor path to float rounding
 (``tests/test_ans_kernels.py``; ``tests/test_ans.py`` checks the sampler against a plain autograd
 reference).
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recneg._validation import require_bool, require_choice, require_float, require_int
-from recneg.ans_kernels import compiled_ans_serves, fused_aux_losses
+from recneg.ans_kernels import PAIRWISE_EPS, compiled_ans_serves, fused_aux_losses
 from recneg.errors import ConfigError
 from recneg.models.base import ModelView
 from recneg.registry import SAMPLERS
@@ -48,7 +48,7 @@ def _opt(default, help: str):
     return field(default=default, metadata={"help": help})
 
 
-_PAIRWISE_EPS = 1e-6  # torch.nn.functional.pairwise_distance adds this to the difference (ANS code's L_d)
+_PAIRWISE_EPS = PAIRWISE_EPS  # torch.nn.functional.pairwise_distance's, added to h_n − h_p (the code's L_d)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
