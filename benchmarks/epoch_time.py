@@ -46,6 +46,7 @@ CONFIGS = {
     "mf-pdns-32 (mixing)": ("mf", "pdns", {"n_candidates": 32}, "bpr", {}),
     "mf-dns_mn-4of32": ("mf", "dns_mn", {"n_candidates": 32, "n_selected": 4}, "bpr", {}),
     "mf-softmax_v-32": ("mf", "softmax_v", {"n_candidates": 32}, "bpr", {}),
+    "mf-srns": ("mf", "srns", {}, "bpr", {}),
     "mf-ans-16": ("mf", "ans", {"n_candidates": 16}, "bpr", {}),
     "lightgcn-uniform": ("lightgcn", "uniform", {}, "bpr", {}),
     "lightgcn-mixgcf-16": ("lightgcn", "mixgcf", {"n_candidates": 16}, "kpair", {}),

@@ -276,6 +276,29 @@ def test_srns_std_and_variance_boosted_choice():
     assert neg.ids.tolist() == [[6]]  # equal p_now: the std decides
 
 
+def test_srns_batch_update_scores_each_users_candidates_with_its_embedding(monkeypatch):
+    """The per-batch memory refresh scores the candidates of each distinct user of the batch (users repeated
+    and out of order) with that user's embedding: ⟨e_u, e_j⟩ for every candidate j."""
+    train = tiny_train()
+    torch.manual_seed(0)
+    model = recneg.build_model("mf", train, dim=8)
+    s = build("srns", train, memory_size=2, fresh_ratio=2, warmup=0)
+    s.on_epoch_start(0, model, gen(0))
+    seen = {}
+
+    def capture(users, score, generator):
+        cand = torch.tensor([[4, 5, 6, 7, 3, 0], [0, 1, 2, 3, 4, 5], [2, 3, 4, 0, 1, 7]])[: len(users)]
+        seen["users"], seen["cand"], seen["scores"] = users, cand, score(users, cand)
+
+    monkeypatch.setattr(s, "_update_rows", capture)
+    users, pos = torch.tensor([2, 0, 2, 1, 0]), torch.tensor([5, 1, 6, 3, 2])
+    s(users, pos, model.view(users, pos), gen(1))
+    user_table, item_table = model.tables()
+    want = torch.einsum("cd,cnd->cn", user_table[seen["users"]], item_table[seen["cand"]]).detach()
+    assert seen["users"].tolist() == [0, 1, 2]
+    torch.testing.assert_close(seen["scores"], want)
+
+
 # ------------------------------------------------------------------------------------------ AdaSIR / PRIS
 def test_importance_resample_matches_its_distribution():
     logits = torch.tensor([[0.0, 1.0, -1.0, 2.0]])

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from recneg._validation import require_bool, require_choice, require_float, require_int
 from recneg.errors import ConfigError, DataError
-from recneg.models.base import ModelView
+from recneg.models.base import ModelView, score_rows
 from recneg.registry import SAMPLERS
 from recneg.samplers.base import Negatives, Sampler, categorical_pool, scored_uniform_pool, uniform_pool
 
@@ -154,8 +154,9 @@ def _user_chunks(n_users: int, device, size: int = _CHUNK):
 
 
 def _table_scores(user_table: Tensor, item_table: Tensor, users: Tensor, ids: Tensor) -> Tensor:
-    """``r_uj`` from full tables. Shape: ``users [C], ids [C, n] -> [C, n]``."""
-    return torch.einsum("cd,cnd->cn", user_table[users], item_table[ids])
+    """``r_uj`` from full tables, without gradient (:func:`recneg.models.base.score_rows`: on CPU the rows
+    are read in place, not gathered into a ``[C, n, d]`` copy). Shape: ``users [C], ids [C, n] -> [C, n]``."""
+    return score_rows(item_table, user_table[users], ids)
 
 
 def _gumbel_topk(logits: Tensor, k: int, generator) -> Tensor:
@@ -602,10 +603,11 @@ class SRNSSampler(_EpochState, Sampler):
         uniq, inverse = torch.unique(users, return_inverse=True)
         first = torch.full((uniq.numel(),), users.numel(), dtype=torch.long, device=users.device)
         first.scatter_reduce_(0, inverse, torch.arange(users.numel(), device=users.device), "amin")
-        user_vec = view.user_emb.detach()[first]  # [C, d]: any row of the user carries its embedding
 
         def score(_u, cand):
-            return torch.einsum("cd,cnd->cn", user_vec, view.item_emb(cand).detach())
+            # every batch row scores its user's candidates (view.score reads the rows in place, where a
+            # gather would copy [C, S1 + S2, d]); the first row of each user stands for it
+            return view.score(cand[inverse])[first]
 
         self._update_rows(uniq, score, generator)
 
