@@ -102,7 +102,7 @@ class TrainConfig:
         default=True,
         metadata={
             "help": "let glibc reuse freed blocks up to 32 MiB rather than unmap them (process-wide mallopt; "
-            "steps with large temporaries 15-30% faster, resident memory stays near its peak)"
+            "steps with large temporaries up to ~30% faster, resident memory stays near its peak)"
         },
     )
     eval_chunk: int = field(default=1024, metadata={"help": "users scored at once in evaluation"})

@@ -107,15 +107,16 @@ _KEPT: dict[str, bool] = {}
 def keep_freed_memory() -> bool:
     """Let glibc's ``malloc`` reuse freed blocks of up to 32 MiB instead of unmapping them (``mallopt``).
 
-    By default glibc serves a large allocation (from 128 KiB, rising with what was freed) with a fresh
-    ``mmap`` and unmaps it when freed, so every training step that builds a table-sized temporary (an
-    autograd step's dense embedding gradients, LightGCN's ``[N, d]`` layers, ANS's ``[B, M, d]`` factors)
-    takes its pages afresh from the kernel: one page fault and a zeroing per 4 KiB. This raises the mmap
-    threshold to :data:`KEEP_BLOCKS_UP_TO` and the trim threshold to :data:`KEEP_TOP_BYTES`, the settings of
-    ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_``: freed blocks stay in the process for the next
-    step (its resident memory stays near its peak, as with jemalloc or tcmalloc). Measured on Gowalla,
-    2 threads: an MF + ANS step 60-68 -> 41-48 ms, a LightGCN step 152-185 -> 127-131 ms, an autograd MF
-    step 7.6-8.6 -> 6.3-7.0 ms (docs/performance.md).
+    By default glibc serves a large allocation (from 128 KiB, a threshold that rises with what was freed)
+    with a fresh ``mmap``, unmaps it when freed, and returns the free top of its heap to the system once it
+    exceeds twice that threshold; so a training step that builds table-sized temporaries (an autograd
+    step's dense embedding gradients, LightGCN's ``[N, d]`` layers, ANS's ``[B, M, d]`` factors) keeps
+    taking its pages afresh from the kernel: one page fault and a zeroing per 4 KiB. This raises the mmap
+    threshold to :data:`KEEP_BLOCKS_UP_TO` and the trim threshold to :data:`KEEP_TOP_BYTES` (what
+    ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` set): freed blocks stay in the process for the
+    next step, and its resident memory stays near its peak, as under jemalloc or tcmalloc. Measured on
+    Gowalla, 2 threads (``python -m benchmarks.allocator``): an MF + ANS step 63.6 -> 43.7 ms, LightGCN
+    160 -> 144 ms, an autograd MF step 6.7 -> 6.2 ms, their page faults a step from 13-15 k to 0.
 
     Process-wide; applied once (:attr:`recneg.config.TrainConfig.keep_freed_memory`, on by default).
     Returns whether the settings are in force: False where the C library is not glibc.
