@@ -14,13 +14,20 @@ from recneg.train import Trainer
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 # a LightGCN-like step: an [N, d] table (18 MiB) through a chain of element-wise operations, twenty times;
-# the minor page faults of steps 5-20, after glibc has settled either way (up to three steps): glibc's
-# default keeps trimming the freed top of the heap and faulting it in again; with keep_freed_memory the
-# same pages are reused
+# the minor page faults of steps 5-20, after glibc has settled (up to three steps). Both modes start from a
+# process whose mmap threshold is pinned at glibc's initial 128 KiB (which also pins the trim threshold), so
+# that every table is mapped afresh and unmapped when freed: what glibc's default does until its dynamic
+# thresholds have grown, and, depending on the order of frees, often after (3-64 tables over the sixteen
+# steps, measured; too variable to assert on). "return" stays so, the control; "keep" then applies
+# keep_freed_memory, which must override both thresholds for the pages to be reused
 _PROBE = """
-import json, resource, sys, torch
+import ctypes, json, resource, sys, torch
 from recneg.utils import keep_freed_memory
-applied = keep_freed_memory() if sys.argv[1] == "keep" else None
+mallopt = ctypes.CDLL("libc.so.6").mallopt
+mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+applied = bool(mallopt(-3, 128 * 1024))  # M_MMAP_THRESHOLD
+if sys.argv[1] == "keep":
+    applied = keep_freed_memory()
 faults = []
 for _ in range(20):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -40,13 +47,13 @@ def _probe(mode: str) -> dict:
 
 @pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's: elsewhere keep_freed_memory returns False")
 def test_freed_blocks_are_reused_instead_of_faulted_in_again():
-    table_pages = 70839 * 64 * 4 // 4096  # 4 427 pages of 4 KiB in one [N, d] float32 table
-    default, kept = _probe("default"), _probe("keep")
-    assert kept["applied"] is True
-    # over the sixteen steps: glibc's default 17.6-283 k (the tables faulted in again, most steps); kept 0 in
-    # 19 of 25 runs and one table's pages once (4.4 k) in the other 6
-    assert default["faults"] > 3 * table_pages
-    assert kept["faults"] < 2 * table_pages
+    returned, kept = _probe("return"), _probe("keep")
+    assert returned["applied"] is True and kept["applied"] is True
+    # over the sixteen steps, in 4 KiB pages (4 427 to a table): returned 496 k, the step's seven tables
+    # faulted in every step (13 of 13 runs); kept 0 in 20 of 25 runs and one table once (4.4 k) in the
+    # other 5. Relative, so that it holds where transparent huge pages fault a table in 2 MiB at a time
+    assert returned["faults"] >= 16
+    assert kept["faults"] * 8 < returned["faults"]
 
 
 def test_trainer_applies_it_unless_switched_off(small_split, monkeypatch):
