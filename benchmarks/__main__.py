@@ -18,7 +18,8 @@ Run alone, not part of the suite: ``benchmarks.scaling`` (synthetic catalogues 1
 ``benchmarks.step_profile`` (ms a step in each compiled kernel), ``benchmarks.candidate_pass`` (DNS's
 candidates tested and scored in one pass against two), ``benchmarks.epoch_ratio`` (whole trainer epochs
 against MF-uniform), ``benchmarks.allocator`` (steps with glibc's default allocator settings against
-``keep_freed_memory``, in fresh processes), ``benchmarks.mf_bpr`` and the other
+``keep_freed_memory``, in fresh processes), ``benchmarks.spmm`` (LightGCN's sparse products, compiled
+against torch's), ``benchmarks.mf_bpr`` and the other
 quality and reproduction scripts.
 """
 

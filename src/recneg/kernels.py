@@ -82,7 +82,7 @@ def compiled(name: str) -> Any:
         inline = numba.njit(cache=True, nogil=True, inline="always")
         globals()["_prefetch"] = _make_prefetch()
         helpers = ("_adam_constants", "_adam_element", "_replay_row_in_closed_form", "_replay_row")
-        for helper in ("_prefetch_row", "_row_dot", *helpers):  # called by the kernels below
+        for helper in ("_prefetch_row", "_row_dot", "_spmm_row", *helpers):  # called by the kernels below
             globals()[helper] = inline(globals()[helper])
         _COMPILED.update(
             # its 64-term dot products vectorise when they may reassociate (as online SGD's)
@@ -101,6 +101,8 @@ def compiled(name: str) -> Any:
                 _check_and_score
             ),
             row_max=jit(_row_max),
+            csr_spmm=numba.njit(cache=True, nogil=True, parallel=True, fastmath=fast)(_csr_spmm),
+            csr_spmm_64=numba.njit(cache=True, nogil=True, parallel=True, fastmath=fast)(_csr_spmm_64),
             online_sgd_bpr=numba.njit(cache=True, nogil=True, parallel=True, fastmath=fast)(_online_sgd_bpr),
         )
         from recneg import ans_kernels  # ANS's auxiliary losses (its own module: they are ANS's alone)
@@ -182,7 +184,7 @@ def _warm_up_ans_aux() -> None:
 
 def ready(name: str) -> bool:
     """Whether the helper kernel ``name`` (``score_rows``, ``bitmap_contains``, ``check_and_score``,
-    ``row_max``, ``ans_aux``: both of :mod:`recneg.ans_kernels`) can run here.
+    ``row_max``, ``csr_spmm``: its two kernels, ``ans_aux``: both of :mod:`recneg.ans_kernels`) can run here.
 
     numba compiles on first call; :func:`ready` makes that first call once, on tiny inputs of the types the
     callers pass. If numba is missing, False; if it cannot compile here, one ``RuntimeWarning`` and False
@@ -199,6 +201,9 @@ def ready(name: str) -> bool:
                 np.zeros(1, dtype=np.uint8), i64[0], i64, f32, f32.copy(), 1
             ),
             "row_max": lambda: row_max(f32, i64),
+            "csr_spmm": lambda: [  # the general kernel and d = 64's
+                csr_spmm(np.arange(2), i64[0], f32[0], np.zeros((1, d), dtype=np.float32)) for d in (1, 64)
+            ],
             "ans_aux": _warm_up_ans_aux,
         }
         try:
@@ -857,6 +862,78 @@ def score_rows(table: np.ndarray, user_emb: np.ndarray, ids: np.ndarray) -> np.n
     bad = compiled("score_rows")(table, user_emb, ids, out)
     if bad:
         raise IndexError(f"{bad} candidate ids lie outside the table's rows [0, {table.shape[0]})")
+    return out
+
+
+def _spmm_row(indptr, indices, data, x, row, acc):
+    """``acc = Σ_k data[k] · x[indices[k]]`` over row ``row``'s non-zeros, in CSR order, prefetching the
+    rows of ``x`` that the next ``PREFETCH_AHEAD`` non-zeros read. Inlined into the kernels below, so that
+    an ``acc`` of constant length stays in registers."""
+    nnz = indices.shape[0]
+    for j in range(acc.shape[0]):
+        acc[j] = 0.0
+    for k in range(indptr[row], indptr[row + 1]):
+        if k + PREFETCH_AHEAD < nnz:
+            _prefetch_row(x, np.uint64(indices[k + PREFETCH_AHEAD]))
+        c = indices[k]
+        w = data[k]
+        for j in range(acc.shape[0]):
+            acc[j] += w * x[c, j]
+
+
+def _csr_spmm(indptr, indices, data, x, out, bounds):
+    """``out = A x`` for ``A`` in CSR (``indptr [n + 1]``, ``indices [nnz]`` int64 within ``[0, m)``,
+    ``data [nnz]``) and ``x [m, d]``: rows ``bounds[t] .. bounds[t + 1]`` form task ``t`` (tasks of about
+    equal non-zeros, split over the threads), each output row summed by one thread in CSR order, so the
+    result does not depend on the thread count. No bounds checks: :func:`csr_spmm` checks the indices."""
+    for t in numba.prange(bounds.shape[0] - 1):
+        acc = np.zeros(x.shape[1], dtype=np.float32)
+        for r in range(bounds[t], bounds[t + 1]):
+            _spmm_row(indptr, indices, data, x, r, acc)
+            for j in range(acc.shape[0]):
+                out[r, j] = acc[j]
+
+
+def _csr_spmm_64(indptr, indices, data, x, out, bounds):
+    """:func:`_csr_spmm` for ``d = 64`` (the usual embedding size): the accumulator's constant length
+    lets it live in registers (about 1.3-2x faster than the general kernel, measured on Gowalla and
+    ml-100k)."""
+    for t in numba.prange(bounds.shape[0] - 1):
+        for r in range(bounds[t], bounds[t + 1]):
+            acc = np.zeros(64, dtype=np.float32)
+            _spmm_row(indptr, indices, data, x, r, acc)
+            for j in range(64):
+                out[r, j] = acc[j]
+
+
+#: tasks a sparse product is split into (:func:`csr_spmm`), of about equal non-zeros
+SPMM_TASKS = 256
+
+
+def csr_spmm(
+    indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, x: np.ndarray, check: bool = True
+) -> np.ndarray:
+    """``A @ x`` for a CSR matrix ``A [n, m]`` (``indptr [n + 1]``, ``indices [nnz]`` int64, ``data [nnz]``
+    float32) and a C-contiguous ``x [m, d]`` float32: ``[n, d]`` float32, in one parallel pass.
+
+    LightGCN's propagation (:class:`recneg.models.lightgcn.LightGCN`): on Gowalla's ``Ã`` (1.6 M non-zeros,
+    ``d = 64``) about twice as fast as torch's CSR product (``python -m benchmarks.spmm``). With ``check``,
+    raises ``IndexError`` for a column index outside ``x``'s rows or an ``indptr`` that does not fit
+    ``indices``; ``check=False`` is for a caller that built ``A`` itself (the kernel reads unchecked).
+    """
+    n = indptr.shape[0] - 1
+    if check:
+        if n < 0 or indptr[0] != 0 or indptr[-1] != indices.shape[0] or np.any(np.diff(indptr) < 0):
+            raise IndexError(f"indptr of {n + 1} entries does not describe {indices.shape[0]} non-zeros")
+        if indices.shape[0] and (indices.min() < 0 or indices.max() >= x.shape[0]):
+            bad = int(np.count_nonzero((indices < 0) | (indices >= x.shape[0])))
+            raise IndexError(f"{bad} column indices of the sparse matrix lie outside x's {x.shape[0]} rows")
+    out = np.empty((n, x.shape[1]), dtype=np.float32)
+    targets = np.linspace(0, indptr[-1], SPMM_TASKS + 1)
+    bounds = np.unique(np.searchsorted(indptr, targets).clip(0, n))
+    bounds[0], bounds[-1] = 0, n
+    kernel = "csr_spmm_64" if x.shape[1] == 64 else "csr_spmm"
+    compiled(kernel)(indptr, indices, data, x, out, bounds.astype(np.int64))
     return out
 
 
