@@ -50,6 +50,7 @@ CONFIGS = {
     "mf-ans-16": ("mf", "ans", {"n_candidates": 16}, "bpr", {}),
     "lightgcn-uniform": ("lightgcn", "uniform", {}, "bpr", {}),
     "lightgcn-mixgcf-16": ("lightgcn", "mixgcf", {"n_candidates": 16}, "kpair", {}),
+    "lightgcn-ans-16": ("lightgcn", "ans", {"n_candidates": 16}, "bpr", {}),
 }
 
 

@@ -104,18 +104,33 @@ def test_pooled_is_mean_of_layers():
     assert view.item_layer_table.shape == (4, 4, 6)
 
 
-def test_layer_tables_are_stacked_only_when_a_sampler_reads_them():
-    """The pooled table is a running sum; the [N, L+1, d] stack is built on first use of the layers."""
+def test_layer_lookups_gather_from_each_layer_and_never_stack_them():
+    """Per-layer lookups gather from each layer's [N, d] table; the [N, L+1, d] stack is built only when the
+    whole per-layer table is read."""
     torch.manual_seed(2)
     model = LightGCN.from_interactions(tiny(), LightGCNConfig(dim=6, n_layers=2))
     view = model.view(torch.tensor([0, 2]), torch.tensor([1, 0]))
     assert view.n_layers == 3 and view._item_layer_table is None  # not built yet
     stacked = model.propagate()
-    torch.testing.assert_close(view.item_table, stacked[3:].mean(1))
-    torch.testing.assert_close(view.item_layers(torch.tensor([[1, 3]])), stacked[3:][torch.tensor([[1, 3]])])
+    items, users = stacked[3:], stacked[:3]
+    torch.testing.assert_close(view.item_table, items.mean(1))
+    ids = torch.tensor([[1, 3], [2, 0]])
+    torch.testing.assert_close(view.item_layers(ids), items[ids])
+    torch.testing.assert_close(view.user_layers, users[torch.tensor([0, 2])])
+    torch.testing.assert_close(view.pos_layers, items[torch.tensor([1, 0])])
+    # layer l of item ids[..., l]; and the pooled user against every layer of the items, without gradient
+    per_layer = torch.tensor([[1, 3, 0], [2, 2, 1]])
+    want = torch.stack([items[per_layer[:, i], i] for i in range(3)], 1)
+    torch.testing.assert_close(view.item_layer_rows(per_layer), want)
+    scores = view.score_layers(ids)
+    assert scores.shape == (2, 2, 3) and not scores.requires_grad
+    torch.testing.assert_close(scores, torch.einsum("bd,bjld->bjl", view.user_emb, items[ids]).detach())
+    with pytest.raises(ValueError, match="one id per layer"):
+        view.item_layer_rows(ids)
+    assert view._item_layer_table is None  # none of these stacked the layers
+    torch.testing.assert_close(view.item_layer_table, items)  # a whole-table read builds the stack
     assert view._item_layer_table is not None
-    torch.testing.assert_close(view.user_layers, stacked[:3][torch.tensor([0, 2])])
-    view.item_layers(torch.tensor([[0]])).sum().backward()  # the lazily built stack carries gradient
+    view.item_layer_rows(per_layer).sum().backward()  # gradient reaches the ego tables
     assert model.item_embedding.weight.grad is not None
 
 

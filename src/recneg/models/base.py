@@ -6,7 +6,7 @@ directly: they receive a :class:`ModelView` that exposes exactly what they may a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +61,18 @@ class ModelView:
             f"{self.model_name} does not provide per-layer embeddings; this sampler needs a model that does "
             "(e.g. lightgcn)"
         )
+
+    def item_layer_rows(self, ids: Tensor) -> Tensor:
+        """Layer ``l`` of item ``ids[..., l]``, for each ``l``: ``e_{ids[..., l]}^(l)`` (with gradient), the
+        rows a per-layer (hop) selection picked. Shape: ``ids [..., L+1] -> [..., L+1, d]``."""
+        rows = self.item_layers(ids)  # [..., L+1 (ids), L+1 (layers), d]
+        return torch.diagonal(rows, dim1=-3, dim2=-2).transpose(-1, -2)
+
+    def score_layers(self, ids: Tensor) -> Tensor:
+        """``⟨ē_{u_b}, e_j^(l)⟩`` of each row's items at every layer, **without gradient** (the pooled user
+        against each layer of the item). Shape: ``ids [B, ...] -> [B, ..., L+1]``."""
+        with torch.no_grad():
+            return torch.einsum("bd,b...ld->b...l", self.user_emb.detach(), self.item_layers(ids).detach())
 
     @property
     def user_layers(self) -> Tensor:
@@ -196,6 +208,11 @@ class TableView(ModelView):
         layer_tables: instead of those, a function building them, called once on first use (LightGCN:
             stacking the layers costs a copy of every layer, which only per-layer samplers need);
             ``n_layers`` (L + 1) then gives their depth.
+        layer_nodes: ``(tables, n_users)``: the ``L + 1`` per-layer tables over all nodes, each
+            ``[n_users + n_items, d]`` with the users first (LightGCN's ``E^(l)``). Per-layer lookups
+            (``item_layers``, ``user_layers``, ``item_layer_rows``, ``score_layers``) then gather from
+            each layer's table, so neither the stacked tables nor, in backward, their ``[N, L+1, d]``
+            gradient are ever built.
         sparse: gather the 2-D tables with row-sparse gradients (see :func:`_rows`); only for a model
             whose tables are its parameters (MF), where every lookup is then sparse.
 
@@ -223,6 +240,7 @@ class TableView(ModelView):
         sparse: bool = False,
         layer_tables: Callable[[], tuple[Tensor, Tensor]] | None = None,
         n_layers: int | None = None,
+        layer_nodes: tuple[Sequence[Tensor], int] | None = None,
     ):
         super().__init__(users, pos)
         self.sparse = sparse
@@ -233,6 +251,7 @@ class TableView(ModelView):
         self._user_layer_table = user_layer_table
         self._item_layer_table = item_layer_table
         self._layer_tables = layer_tables
+        self._layer_nodes = layer_nodes
         self.model_name = model_name
         self._grad_enabled = torch.is_grad_enabled()  # the lazy gathers below run in the view's grad mode
         self._user_emb: Tensor | None = None
@@ -319,7 +338,41 @@ class TableView(ModelView):
         self.read("user", self.users)
         return _rows(self.user_ego_table, self.users, self.sparse)
 
+    def _node_rows(self, ids: Tensor, offset: int, id_per_layer: bool = False) -> Tensor:
+        """Rows ``ids + offset`` of every layer's node table: ``[*ids.shape, L+1, d]``; with
+        ``id_per_layer``, row ``ids[..., l] + offset`` of layer ``l`` only: ``[*ids.shape, d]``."""
+        assert self._layer_nodes is not None
+        tables = self._layer_nodes[0]
+        if not id_per_layer:
+            flat = (ids + offset).reshape(-1)
+            rows = [t.index_select(0, flat) for t in tables]
+            return torch.stack(rows, 1).view(*ids.shape, len(tables), -1)
+        rows = [t.index_select(0, (ids[..., i] + offset).reshape(-1)) for i, t in enumerate(tables)]
+        return torch.stack(rows, 1).view(*ids.shape, -1)
+
+    def item_layer_rows(self, ids: Tensor) -> Tensor:
+        if self._layer_nodes is None or self.sparse:
+            return super().item_layer_rows(ids)
+        if ids.shape[-1] != len(self._layer_nodes[0]):
+            raise ValueError(f"item_layer_rows: ids [..., {ids.shape[-1]}], expected one id per layer")
+        self.read("item", ids)
+        return self._node_rows(ids, self._layer_nodes[1], id_per_layer=True)
+
+    def score_layers(self, ids: Tensor) -> Tensor:
+        if self._layer_nodes is None or self.sparse:
+            return super().score_layers(ids)
+        self.read("item", ids)
+        tables, n_users = self._layer_nodes
+        flat = ids.reshape(ids.shape[0], -1)
+        with torch.no_grad():
+            user_emb = self.user_emb.detach()
+            scores = [score_rows(t.detach()[n_users:], user_emb, flat) for t in tables]
+            return torch.stack(scores, -1).view(*ids.shape, len(tables))
+
     def item_layers(self, ids: Tensor) -> Tensor:
+        if self._layer_nodes is not None and not self.sparse:
+            self.read("item", ids)
+            return self._node_rows(ids, self._layer_nodes[1])
         self._build_layer_tables()
         if self._item_layer_table is None:
             return super().item_layers(ids)
@@ -330,6 +383,9 @@ class TableView(ModelView):
 
     @property
     def user_layers(self) -> Tensor:
+        if self._layer_nodes is not None and not self.sparse:
+            self.read("user", self.users)
+            return self._node_rows(self.users, 0)
         self._build_layer_tables()
         if self._user_layer_table is None:
             return super().item_layers(self.users)

@@ -261,8 +261,9 @@ class LightGCN(Recommender):
     def view(self, users: Tensor, pos: Tensor) -> TableView:
         """One training step's view: propagates once; every lookup afterwards is a gather.
 
-        The pooled table is a running sum of the layers; the stacked ``[N, L+1, d]`` per-layer tables are
-        built only if a sampler asks for layers (MixGCF, ANS).
+        The pooled table is a running sum of the layers; per-layer lookups (MixGCF, ANS, DENS) gather from
+        each layer's table (``layer_nodes``); the stacked ``[N, L+1, d]`` tables are built only if
+        something reads them whole (``view.item_layer_table``).
         """
         layers = self._layers()
         pooled = self._pooled(layers)  # [N, d]
@@ -282,6 +283,7 @@ class LightGCN(Recommender):
             model_name="lightgcn",
             layer_tables=layer_tables,
             n_layers=len(layers),
+            layer_nodes=(layers, n),
         )
 
     @torch.no_grad()

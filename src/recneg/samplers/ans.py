@@ -675,8 +675,7 @@ class DENSSampler(Sampler):
         n_layers = int(idx.shape[-1])
         # re-gather only the chosen rows with gradient: layer l of the item chosen at layer l
         if per_layer:
-            rows = view.item_layers(chosen_ids)  # [B, K, L', L', d]
-            chosen = torch.diagonal(rows, dim1=-3, dim2=-2).transpose(-1, -2)  # [B, K, L', d]
+            chosen = view.item_layer_rows(chosen_ids)  # [B, K, L', d]
         else:
             chosen = view.item_emb(chosen_ids)  # [B, K, 1, d]
         emb = chosen.mean(-2)  # [B, K, d]

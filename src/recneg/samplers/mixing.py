@@ -214,15 +214,14 @@ class MixGCFSampler(Sampler):
         pos_layers = view.pos_layers  # [B, L+1, d], with grad
         with torch.no_grad():
             user = view.user_emb.detach()  # pooled ē_u [B, d]
-            cand = view.item_layers(pool)  # [B, K, M, L+1, d]
-            s_cand = torch.einsum("bd,bkmld->bkml", user, cand)
+            s_cand = view.score_layers(pool)  # [B, K, M, L+1]: ⟨ē_u, e_j^(l)⟩
             s_pos = torch.einsum("bd,bld->bl", user, pos_layers.detach())  # [B, L+1]
             # ⟨ē_u, α e_i + (1 − α) e_j⟩ = α ⟨ē_u, e_i⟩ + (1 − α) ⟨ē_u, e_j⟩, α shared by the M candidates
             mixed = alpha.unsqueeze(2) * s_pos[:, None, None, :] + (1 - alpha.unsqueeze(2)) * s_cand
             best = mixed.argmax(2)  # [B, K, L+1]
             ids = pool.gather(2, best)  # [B, K, L+1]
         # gather only the chosen rows with gradient: layer l of item ids[..., l]
-        chosen = torch.diagonal(view.item_layers(ids), dim1=2, dim2=3).movedim(-1, 2)  # [B, K, L+1, d]
+        chosen = view.item_layer_rows(ids)  # [B, K, L+1, d]
         synthetic = a * pos_layers.unsqueeze(1) + (1 - a) * chosen
         return synthetic, ids
 
