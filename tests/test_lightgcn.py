@@ -12,7 +12,7 @@ import torch
 
 from recneg.data.interactions import Interactions
 from recneg.errors import ConfigError
-from recneg.models import lightgcn
+from recneg.models import base, lightgcn
 from recneg.models.lightgcn import LightGCN, LightGCNConfig, normalized_adjacency
 from recneg.registry import build_model
 
@@ -132,6 +132,54 @@ def test_layer_lookups_gather_from_each_layer_and_never_stack_them():
     assert view._item_layer_table is not None
     view.item_layer_rows(per_layer).sum().backward()  # gradient reaches the ego tables
     assert model.item_embedding.weight.grad is not None
+
+
+@pytest.mark.parametrize(
+    "n_layers, reads",
+    [(2, "layer 0 only"), (2, "last layer only"), (2, "both, and the pooled table"), (0, "layer 0 only")],
+)
+def test_few_row_layer_lookups_take_sparse_gradients_through_propagation(n_layers, reads):
+    """Lookups of few rows (at most a quarter of the nodes) gather with a row-sparse gradient; whatever the
+    loss reads, backward reaches the ego tables with the dense reference's gradient (with L = 0 the sparse
+    gradient is all the ego table gets)."""
+    gen = np.random.default_rng(3)
+    data = Interactions(gen.integers(0, 40, 400), gen.integers(0, 30, 400), n_users=40, n_items=30)
+    torch.manual_seed(4)
+    model = LightGCN.from_interactions(data, LightGCNConfig(dim=5, n_layers=n_layers))
+    view = model.view(torch.tensor([0, 3, 9]), torch.tensor([1, 2, 29]))
+    ids = torch.tensor([[4, 7, 7], [0, 29, 11]])  # 6 rows of 70 nodes: sparse gradients
+    rows = view.item_layers(ids)
+    assert view._layer_nodes is not None
+    leaf = view._layer_nodes[0][-1].detach().requires_grad_()
+    base._layer_rows(leaf, ids.reshape(-1) + 40).sum().backward()
+    assert leaf.grad.is_sparse  # the gather's own gradient is row-sparse
+    if reads == "layer 0 only":
+        loss = (rows[..., 0, :] ** 2).sum()
+    elif reads == "last layer only":
+        loss = (rows[..., 2, :] * 3).sum() + (view.user_layers[:, 2] ** 2).sum()
+    else:
+        loss = (rows**2).sum() + (view.item_layer_rows(ids) * 2).sum() + view.user_emb.sum()
+    loss.backward()
+
+    ego = torch.cat([model.user_embedding.weight, model.item_embedding.weight]).detach().double()
+    ego.requires_grad_()
+    dense = torch.as_tensor(normalized_adjacency(data.csr).toarray())
+    layers = [ego]
+    for _ in range(n_layers):
+        layers.append(dense @ layers[-1])
+    stacked = torch.stack(layers, 1)
+    ref_rows = stacked[ids + 40]
+    if reads == "layer 0 only":
+        ref = (ref_rows[..., 0, :] ** 2).sum()
+    elif reads == "last layer only":
+        ref = (ref_rows[..., 2, :] * 3).sum() + (stacked[torch.tensor([0, 3, 9]), 2] ** 2).sum()
+    else:
+        picked = torch.stack([stacked[ids[:, i] + 40, i] for i in range(3)], 1)
+        ref = (ref_rows**2).sum() + (picked * 2).sum() + stacked.mean(1)[torch.tensor([0, 3, 9])].sum()
+    ref.backward()
+    grad = torch.cat([model.user_embedding.weight.grad, model.item_embedding.weight.grad]).double()
+    torch.testing.assert_close(grad, ego.grad, rtol=1e-5, atol=1e-6)
+    assert ego.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("layout", ["csr", "coo"])

@@ -107,6 +107,13 @@ def _rows(table: Tensor, ids: Tensor, sparse: bool = False) -> Tensor:
     return table.index_select(0, ids.reshape(-1)).view(*ids.shape, *table.shape[1:])
 
 
+def _layer_rows(table: Tensor, ids: Tensor) -> Tensor:
+    """``table[ids]`` ``[n, d]`` from a (non-parameter) layer table ``[N, d]``: with a row-sparse gradient
+    when the rows are few (at most a quarter of the table), so that in backward autograd adds them into
+    the layer's dense gradient instead of zero-filling an ``[N, d]`` table per lookup; else a dense one."""
+    return F.embedding(ids, table, sparse=4 * ids.numel() <= table.shape[0])
+
+
 #: on CPU, candidates are gathered and scored in chunks of about this many bytes (cache-sized: a 16 MB
 #: ``[2048, 32, 64]`` gather costs more in fresh pages and cache misses than the scoring itself)
 SCORE_CHUNK_BYTES = 1 << 22
@@ -345,9 +352,9 @@ class TableView(ModelView):
         tables = self._layer_nodes[0]
         if not id_per_layer:
             flat = (ids + offset).reshape(-1)
-            rows = [t.index_select(0, flat) for t in tables]
+            rows = [_layer_rows(t, flat) for t in tables]
             return torch.stack(rows, 1).view(*ids.shape, len(tables), -1)
-        rows = [t.index_select(0, (ids[..., i] + offset).reshape(-1)) for i, t in enumerate(tables)]
+        rows = [_layer_rows(t, (ids[..., i] + offset).reshape(-1)) for i, t in enumerate(tables)]
         return torch.stack(rows, 1).view(*ids.shape, -1)
 
     def item_layer_rows(self, ids: Tensor) -> Tensor:

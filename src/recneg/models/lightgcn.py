@@ -100,6 +100,23 @@ def sparse_product(adj: Tensor, x: Tensor) -> Tensor:
     return torch.sparse.mm(adj, x)
 
 
+class _EgoTable(torch.autograd.Function):
+    """``E^(0) = [E_u; E_i]`` (``torch.cat``), whose backward also takes a row-sparse gradient: per-layer
+    lookups of few rows gather with one (:func:`recneg.models.base._layer_rows`), and where nothing else
+    reads ``E^(0)`` that is all its gradient; ``torch.cat``'s backward cannot slice it."""
+
+    @staticmethod
+    def forward(ctx, user_table: Tensor, item_table: Tensor) -> Tensor:
+        ctx.n_users = user_table.shape[0]
+        return torch.cat([user_table, item_table], 0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        if grad.layout != torch.strided:
+            grad = grad.to_dense()
+        return grad[: ctx.n_users], grad[ctx.n_users :]
+
+
 class _SymmetricSpMM(torch.autograd.Function):
     """``Y = Ã X`` for a *symmetric* sparse ``Ã``: the backward is ``∂X = Ãᵀ ∂Y = Ã ∂Y``.
 
@@ -114,6 +131,8 @@ class _SymmetricSpMM(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
+        if grad.layout != torch.strided:  # row-sparse, from gathers of this layer alone
+            grad = grad.to_dense()
         return None, sparse_product(ctx.adj, grad.contiguous())
 
 
@@ -235,7 +254,7 @@ class LightGCN(Recommender):
 
     def _layers(self) -> list[Tensor]:
         """``[E^(0), ..., E^(L)]``, each ``[n_users + n_items, d]``."""
-        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight], 0)
+        ego = _EgoTable.apply(self.user_embedding.weight, self.item_embedding.weight)
         layers = [ego]
         if self.config.n_layers > 0:
             adj = self.adjacency()
