@@ -136,12 +136,18 @@ def test_layer_lookups_gather_from_each_layer_and_never_stack_them():
 
 @pytest.mark.parametrize(
     "n_layers, reads",
-    [(2, "layer 0 only"), (2, "last layer only"), (2, "both, and the pooled table"), (0, "layer 0 only")],
+    [
+        (2, "layer 0 only"),
+        (2, "last layer only"),
+        (2, "both, and the pooled table"),
+        (2, "the pooled table only"),
+        (0, "layer 0 only"),
+    ],
 )
 def test_few_row_layer_lookups_take_sparse_gradients_through_propagation(n_layers, reads):
-    """Lookups of few rows (at most a quarter of the nodes) gather with a row-sparse gradient; whatever the
-    loss reads, backward reaches the ego tables with the dense reference's gradient (with L = 0 the sparse
-    gradient is all the ego table gets)."""
+    """Lookups of few rows (at most a quarter of the nodes), per layer or pooled, gather with a row-sparse
+    gradient; whatever the loss reads, backward reaches the ego tables with the dense reference's gradient
+    (with L = 0 the sparse gradient is all the ego table gets)."""
     gen = np.random.default_rng(3)
     data = Interactions(gen.integers(0, 40, 400), gen.integers(0, 30, 400), n_users=40, n_items=30)
     torch.manual_seed(4)
@@ -157,6 +163,8 @@ def test_few_row_layer_lookups_take_sparse_gradients_through_propagation(n_layer
         loss = (rows[..., 0, :] ** 2).sum()
     elif reads == "last layer only":
         loss = (rows[..., 2, :] * 3).sum() + (view.user_layers[:, 2] ** 2).sum()
+    elif reads == "the pooled table only":
+        loss = (view.user_emb * view.pos_emb).sum() + (view.item_emb(ids) ** 2).sum()
     else:
         loss = (rows**2).sum() + (view.item_layer_rows(ids) * 2).sum() + view.user_emb.sum()
     loss.backward()
@@ -173,6 +181,10 @@ def test_few_row_layer_lookups_take_sparse_gradients_through_propagation(n_layer
         ref = (ref_rows[..., 0, :] ** 2).sum()
     elif reads == "last layer only":
         ref = (ref_rows[..., 2, :] * 3).sum() + (stacked[torch.tensor([0, 3, 9]), 2] ** 2).sum()
+    elif reads == "the pooled table only":
+        pooled = stacked.mean(1)
+        users, pos = torch.tensor([0, 3, 9]), torch.tensor([1, 2, 29]) + 40
+        ref = (pooled[users] * pooled[pos]).sum() + (pooled[ids + 40] ** 2).sum()
     else:
         picked = torch.stack([stacked[ids[:, i] + 40, i] for i in range(3)], 1)
         ref = (ref_rows**2).sum() + (picked * 2).sum() + stacked.mean(1)[torch.tensor([0, 3, 9])].sum()

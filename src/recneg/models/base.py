@@ -220,6 +220,10 @@ class TableView(ModelView):
             (``item_layers``, ``user_layers``, ``item_layer_rows``, ``score_layers``) then gather from
             each layer's table, so neither the stacked tables nor, in backward, their ``[N, L+1, d]``
             gradient are ever built.
+        pooled_nodes: ``(table, n_users)``: the pooled ``[n_users + n_items, d]`` table that
+            ``user_table`` and ``item_table`` are the two slices of (LightGCN); the pooled lookups with
+            gradient (``user_emb``, ``pos_emb``, ``item_emb``) then gather from it (see
+            :meth:`_pooled_rows`).
         sparse: gather the 2-D tables with row-sparse gradients (see :func:`_rows`); only for a model
             whose tables are its parameters (MF), where every lookup is then sparse.
 
@@ -248,6 +252,7 @@ class TableView(ModelView):
         layer_tables: Callable[[], tuple[Tensor, Tensor]] | None = None,
         n_layers: int | None = None,
         layer_nodes: tuple[Sequence[Tensor], int] | None = None,
+        pooled_nodes: tuple[Tensor, int] | None = None,
     ):
         super().__init__(users, pos)
         self.sparse = sparse
@@ -259,6 +264,7 @@ class TableView(ModelView):
         self._item_layer_table = item_layer_table
         self._layer_tables = layer_tables
         self._layer_nodes = layer_nodes
+        self._pooled_nodes = pooled_nodes
         self.model_name = model_name
         self._grad_enabled = torch.is_grad_enabled()  # the lazy gathers below run in the view's grad mode
         self._user_emb: Tensor | None = None
@@ -273,7 +279,7 @@ class TableView(ModelView):
         if self._user_emb is None:
             self.read("user", self.users)
             with torch.set_grad_enabled(self._grad_enabled):
-                self._user_emb = _rows(self.user_table, self.users, self.sparse)
+                self._user_emb = self._pooled_rows(self.user_table, self.users, 0)
         return self._user_emb
 
     @user_emb.setter
@@ -285,12 +291,21 @@ class TableView(ModelView):
         if self._pos_emb is None:
             self.read("item", self.pos)
             with torch.set_grad_enabled(self._grad_enabled):
-                self._pos_emb = _rows(self.item_table, self.pos, self.sparse)
+                self._pos_emb = self._pooled_rows(self.item_table, self.pos, 1)
         return self._pos_emb
 
     @pos_emb.setter
     def pos_emb(self, value: Tensor) -> None:
         self._pos_emb = value
+
+    def _pooled_rows(self, table: Tensor, ids: Tensor, items: int) -> Tensor:
+        """``table[ids]`` from the pooled user (``items=0``) or item table; with ``pooled_nodes``, from the
+        node table they are slices of, with :func:`_layer_rows`'s gradient (row-sparse for few rows: a
+        slice's backward would zero-fill the whole node table for each lookup)."""
+        if self._pooled_nodes is None or self.sparse:
+            return _rows(table, ids, self.sparse)
+        nodes, n_users = self._pooled_nodes
+        return _layer_rows(nodes, (ids + items * n_users).reshape(-1)).view(*ids.shape, -1)
 
     def read(self, which: str, ids: Tensor | None) -> None:
         """Announce a read of rows ``ids`` of the ``"user"`` or ``"item"`` table (``None``: all of it) by
@@ -319,7 +334,7 @@ class TableView(ModelView):
 
     def item_emb(self, ids: Tensor) -> Tensor:
         self.read("item", ids)
-        rows = _rows(self.item_table, ids, self.sparse)
+        rows = self._pooled_rows(self.item_table, ids, 1)
         self._last_item_emb = (ids, rows)
         return rows
 

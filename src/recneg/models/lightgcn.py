@@ -303,6 +303,7 @@ class LightGCN(Recommender):
             layer_tables=layer_tables,
             n_layers=len(layers),
             layer_nodes=(layers, n),
+            pooled_nodes=(pooled, n),
         )
 
     @torch.no_grad()
