@@ -49,6 +49,7 @@ CONFIGS = {
     "mf-srns": ("mf", "srns", {}, "bpr", {}),
     "mf-ans-16": ("mf", "ans", {"n_candidates": 16}, "bpr", {}),
     "lightgcn-uniform": ("lightgcn", "uniform", {}, "bpr", {}),
+    "lightgcn-dns-32": ("lightgcn", "dns", {"n_candidates": 32}, "bpr", {}),
     "lightgcn-mixgcf-16": ("lightgcn", "mixgcf", {"n_candidates": 16}, "kpair", {}),
     "lightgcn-ans-16": ("lightgcn", "ans", {"n_candidates": 16}, "bpr", {}),
 }
