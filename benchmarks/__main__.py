@@ -19,7 +19,8 @@ Run alone, not part of the suite: ``benchmarks.scaling`` (synthetic catalogues 1
 candidates tested and scored in one pass against two), ``benchmarks.epoch_ratio`` (whole trainer epochs
 against MF-uniform), ``benchmarks.allocator`` (steps with glibc's default allocator settings against
 ``keep_freed_memory``, in fresh processes), ``benchmarks.spmm`` (LightGCN's sparse products, compiled
-against torch's), ``benchmarks.mf_bpr`` and the other
+against torch's), ``benchmarks.lightgcn_peers`` (a LightGCN step against RecBole's), ``benchmarks.mf_bpr``
+and the other
 quality and reproduction scripts.
 """
 
