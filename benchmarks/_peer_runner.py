@@ -161,16 +161,26 @@ def run_recbole(args) -> dict:
     t0 = time.perf_counter()
     result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
     eval_seconds = time.perf_counter() - t0
+    return _recbole_result(
+        args,
+        setup_seconds=setup,
+        epochs=epochs,
+        eval_seconds=eval_seconds,
+        test={k: float(v) for k, v in dict(result).items()},
+    )
+
+
+def _recbole_result(args, **fields) -> dict:
+    import torch
+
+    negatives = f"DNS-{args.dynamic}" if args.dynamic else "uniform"
     return {
         "library": "recbole",
         "version": __import__("recbole").__version__,
-        "model": f"BPR, Adam, {f'DNS-{args.dynamic}' if args.dynamic else 'uniform'} negatives",
+        "model": f"{args.model}, Adam, {negatives} negatives",
         "settings": vars(args),
-        "setup_seconds": setup,
-        "epochs": epochs,
-        "eval_seconds": eval_seconds,
-        "test": {k: float(v) for k, v in dict(result).items()},
         "threads": torch.get_num_threads(),
+        **fields,
     }
 
 
@@ -178,8 +188,6 @@ def _time_steps(trainer, model, train_data, args) -> dict:
     """Time ``args.steps`` training steps after ``args.warm_up`` (the inner loop of RecBole's
     ``Trainer._train_epoch``: zero the gradients, ``calculate_loss``, backward, the optimiser's step),
     batches as its data loader yields them; the data loading is not timed."""
-    import torch
-
     model.train()
     batches = iter(train_data)
     seconds = []
@@ -192,14 +200,7 @@ def _time_steps(trainer, model, train_data, args) -> dict:
         trainer.optimizer.step()
         if i >= args.warm_up:
             seconds.append(time.perf_counter() - t0)
-    return {
-        "library": "recbole",
-        "version": __import__("recbole").__version__,
-        "model": f"{args.model}, Adam, uniform negatives",
-        "settings": vars(args),
-        "step_seconds": seconds,
-        "threads": torch.get_num_threads(),
-    }
+    return _recbole_result(args, step_seconds=seconds)
 
 
 def main(argv=None) -> int:
