@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +39,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from benchmarks.epoch_time import CONFIGS, Runner
-    from benchmarks.peers import _peer
+    from benchmarks.peers import _peer, _portable
     from recneg.data.datasets import load_dataset
 
     split = load_dataset("gowalla", data_dir=args.data_dir, valid_ratio=0.0, download=False)
@@ -87,7 +88,8 @@ def main(argv=None) -> None:
     )
     title = "LightGCN training step: recneg against RecBole"
     stamp = machine_stamp(args.threads)
-    print(publish_table("lightgcn_peers_gowalla", "lightgcn_peers", argv, title, description, stamp, rows))
+    command = _portable(argv if argv is not None else sys.argv[1:])
+    print(publish_table("lightgcn_peers_gowalla", "lightgcn_peers", command, title, description, stamp, rows))
 
 
 if __name__ == "__main__":
