@@ -53,6 +53,8 @@ def train(out_path: str) -> None:
     if ctx.is_main:
         torch.save(saved, out_path)
     distributed.shutdown()
+    held = distributed.tensors_held_by_collectives()
+    assert held == 0, f"rank {ctx.rank}: {held} tensors still held by communication threads after shutdown"
 
 
 class _FirstBatch:
