@@ -14,6 +14,7 @@ import os
 import sys
 
 import dist_cases
+import numpy as np
 import torch
 
 from recneg import distributed
@@ -50,6 +51,10 @@ def train(out_path: str) -> None:
         "model": distributed.gather_objects({k: v.detach().clone() for k, v in model.state_dict().items()}),
     }
     saved["mns"] = _mns(split)
+    try:
+        distributed.gather_objects({"scores": np.zeros(2)})
+    except TypeError as exc:
+        saved["numpy_error"] = str(exc)
     if ctx.is_main:
         torch.save(saved, out_path)
     distributed.shutdown()

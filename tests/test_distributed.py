@@ -115,6 +115,11 @@ def test_sampler_parameters_are_synchronised_by_ddp(two_rank):
         torch.testing.assert_close(models[0][name], models[1][name], rtol=0, atol=0, msg=name)
 
 
+def test_gather_objects_names_a_payload_it_cannot_read_back(two_rank):
+    message = two_rank["numpy_error"]
+    assert "rank 0's object holds numpy" in message and "send tensors" in message
+
+
 def test_mns_columns_are_the_global_batch_and_logq_uses_the_global_batch_size(two_rank, split):
     got = two_rank["mns"]
     first = got["first"]

@@ -18,8 +18,10 @@ What each rank does (see ``docs/distributed.md``):
 from __future__ import annotations
 
 import gc
+import io
 import os
 import pickle
+import re
 import time
 import weakref
 from dataclasses import dataclass
@@ -268,12 +270,18 @@ def all_mean(x: Tensor) -> Tensor:
 
 
 def gather_objects(obj) -> list:
-    """Every rank's picklable ``obj``, in rank order (``[obj]`` in one process)."""
+    """Every rank's ``obj``, in rank order (``[obj]`` in one process).
+
+    ``obj``: what ``torch.load(weights_only=True)`` reads back (tensors, numbers, strings, and lists, tuples
+    and dicts of them). It travels in buffers of this module's own rather than torch's
+    ``all_gather_object``'s, so that :func:`shutdown` can wait for their release.
+    """
     if active_world() == 1:
         return [obj]
-    # torch's all_gather_object, with buffers handed over (see :func:`shutdown`)
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-    payload = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8).to(device)
+    stream = io.BytesIO()
+    torch.save(obj, stream)
+    payload = torch.frombuffer(bytearray(stream.getbuffer()), dtype=torch.uint8).to(device)
     size = torch.tensor([payload.numel()], dtype=torch.int64, device=device)
     sizes = [torch.empty_like(size) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, size)
@@ -282,8 +290,18 @@ def gather_objects(obj) -> list:
     sent[: payload.numel()] = payload
     parts = [torch.empty_like(sent) for _ in lengths]
     dist.all_gather(parts, sent)
-    out = [pickle.loads(part[:n].cpu().numpy().tobytes()) for part, n in zip(parts, lengths, strict=True)]
     _hand_over(size, sent, *sizes, *parts)
+    out = []
+    for rank, (part, n) in enumerate(zip(parts, lengths, strict=True)):
+        try:
+            out.append(torch.load(io.BytesIO(part[:n].cpu().numpy().tobytes()), weights_only=True))
+        except pickle.UnpicklingError as exc:
+            found = re.search(r"GLOBAL (\S+)", str(exc))
+            what = found.group(1) if found else "a type"
+            raise TypeError(
+                f"gather_objects: rank {rank}'s object holds {what}, which torch.load(weights_only=True) "
+                "does not read back; send tensors, numbers, strings and containers of them"
+            ) from exc
     return out
 
 

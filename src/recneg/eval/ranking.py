@@ -180,7 +180,11 @@ def _gather_blocks(users: np.ndarray, per_user: dict, top: np.ndarray, hits: np.
     A rank whose block is empty has no per-user arrays (``topk_metrics`` was not run): its metric arrays
     are empty ones of the right keys.
     """
-    blocks = gather_objects((users, per_user, top, hits))
+    sent = (users, per_user, top, hits)
+    blocks = [
+        (b[0].numpy(), {k: v.numpy() for k, v in b[1].items()}, b[2].numpy(), b[3].numpy())
+        for b in gather_objects(_numpy_to_torch(sent))
+    ]
     keys = next((list(b[1]) for b in blocks if b[1]), [])
     per_user_all = {
         k: np.concatenate([b[1].get(k, np.zeros(0, dtype=np.float64)) for b in blocks]) for k in keys
@@ -191,6 +195,13 @@ def _gather_blocks(users: np.ndarray, per_user: dict, top: np.ndarray, hits: np.
         np.concatenate([b[2] for b in blocks]),
         np.concatenate([b[3] for b in blocks]),
     )
+
+
+def _numpy_to_torch(blocks: tuple) -> tuple:
+    """``(users, per_user, top, hits)`` with every array a tensor (what :func:`gather_objects` sends)."""
+    users, per_user, top, hits = blocks
+    as_t = torch.from_numpy
+    return as_t(users), {k: as_t(np.asarray(v)) for k, v in per_user.items()}, as_t(top), as_t(hits)
 
 
 @torch.no_grad()
