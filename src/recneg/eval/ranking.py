@@ -180,10 +180,9 @@ def _gather_blocks(users: np.ndarray, per_user: dict, top: np.ndarray, hits: np.
     A rank whose block is empty has no per-user arrays (``topk_metrics`` was not run): its metric arrays
     are empty ones of the right keys.
     """
-    sent = (users, per_user, top, hits)
     blocks = [
         (b[0].numpy(), {k: v.numpy() for k, v in b[1].items()}, b[2].numpy(), b[3].numpy())
-        for b in gather_objects(_numpy_to_torch(sent))
+        for b in gather_objects(_numpy_to_torch((users, per_user, top, hits)))
     ]
     keys = next((list(b[1]) for b in blocks if b[1]), [])
     per_user_all = {
