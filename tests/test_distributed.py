@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import dist_cases
@@ -158,6 +159,21 @@ def test_user_blocks_cover_every_user_once_in_order():
     assert [len(b) for b in blocks] == [3, 3, 3, 2]
     np.testing.assert_array_equal(np.concatenate(blocks), users)
     assert user_block(users, DistContext()) is users
+
+
+def test_release_wait_ends_when_the_handed_over_tensors_are_freed_and_warns_otherwise():
+    from recneg import distributed
+
+    held = torch.zeros(3)  # stands for a tensor a communication thread still holds
+    distributed._hand_over(held, torch.ones(2))  # the second has no other holder: gone at once
+    assert distributed.tensors_held_by_collectives() == 1
+    with pytest.warns(RuntimeWarning, match="1 tensors given to collectives were still held"):
+        distributed._wait_for_release(0.05)
+    del held
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        distributed._wait_for_release(0.05)
+    assert distributed.tensors_held_by_collectives() == 0
 
 
 # --------------------------------------------------------------------------------------------- failure
